@@ -1,0 +1,284 @@
+"""The receiver: an ASGI app whose whole HTTP surface is the `routes` list below.
+
+`POST /webhooks/osma` is the hot path and is written against raw ASGI (no Request or
+Response objects): read the body under the size limit, verify, parse, route, and store
+with one grouped Redis call. Nothing blocks the event loop.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any
+
+import orjson
+from redis import Redis
+from redis.asyncio import Redis as AsyncRedis
+from redis.asyncio.retry import Retry as AsyncRetry
+from redis.backoff import NoBackoff
+from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+from starlette.types import Receive, Scope, Send
+
+from .crypto import Sealer
+from .dedup import Admission, EventStore, Outcome
+from .enqueue import JobBuilder
+from .events import parse_envelope
+from .exceptions import HTTPFacingError
+from .metrics import Metrics
+from .plugins import HandlerRegistry
+from .routes import Config, Router, load_config
+from .settings import Settings
+from .signature import SignatureVerifier
+
+log = logging.getLogger("osma_router.receiver")
+
+Clock = Callable[[], float]
+REDIS_TIMEOUT = 2.0
+_JSON_HEADERS = [(b"content-type", b"application/json")]
+
+
+class BodyTooLarge(HTTPFacingError):
+    status_code = 413
+    error_type = "body_too_large"
+
+
+class Unavailable503(HTTPFacingError):
+    status_code = 503
+    error_type = "unavailable"
+
+
+def error_body(error_type: str, message: str) -> bytes:
+    return orjson.dumps({"error": {"type": error_type, "message": message}})
+
+
+async def send_json(send: Send, status: int, body: bytes, request_id: str) -> None:
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [*_JSON_HEADERS, (b"x-request-id", request_id.encode())],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
+
+
+async def read_body(scope: Scope, receive: Receive, limit: int) -> bytes:
+    """The request body, or `BodyTooLarge` as soon as more than `limit` bytes arrive."""
+    for name, value in scope["headers"]:
+        if name == b"content-length" and value.isdigit() and int(value) > limit:
+            raise BodyTooLarge(f"the body is larger than the limit of {limit} bytes")
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise ConnectionAbortedError("client went away")
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            raise BodyTooLarge(f"the body is larger than the limit of {limit} bytes")
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            return b"".join(chunks)
+
+
+def header(scope: Scope, name: bytes) -> bytes | None:
+    for key, value in scope["headers"]:
+        if key == name:
+            return value  # type: ignore[no-any-return]
+    return None
+
+
+@dataclass
+class Pipeline:
+    """What a delivery goes through after verification: route, build jobs, store."""
+
+    router: Router
+    builder: JobBuilder
+    store: EventStore
+
+    async def admit(
+        self, source: str, payload: dict[str, Any], body: bytes, received_at: datetime
+    ) -> tuple[Outcome, int]:
+        data = payload.get("data")
+        obj = data.get("object") if isinstance(data, dict) else None
+        routes = self.router.match(payload["type"], obj if isinstance(obj, dict) else {})
+        jobs = self.builder.build(source, payload["id"], payload["type"], body, received_at, routes)
+        outcome = await self.store.admit(Admission(source, payload["id"], jobs))
+        return outcome, len(jobs)
+
+
+class OsmaWebhook:
+    """`POST /webhooks/osma`, as a plain ASGI app."""
+
+    source = "osma"
+
+    def __init__(self, state: ReceiverState) -> None:
+        self.state = state
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        state = self.state
+        request_id = (header(scope, b"x-request-id") or os.urandom(8).hex().encode()).decode(
+            "latin-1"
+        )[:64]
+        if scope["method"] != "POST":
+            await send_json(send, 405, error_body("method_not_allowed", "use POST"), request_id)
+            return
+        event_id = None
+        try:
+            body = await read_body(scope, receive, state.settings.max_body_bytes)
+            now = state.clock()
+            state.verifier.verify(body, header(scope, b"osma-signature"), now)
+            payload = parse_envelope(body)
+            event_id = payload["id"]
+            received_at = datetime.fromtimestamp(now, timezone.utc)
+            try:
+                outcome, jobs = await state.pipeline.admit(self.source, payload, body, received_at)
+            except Exception as exc:  # StoreError, connection errors, timeouts: all mean 503
+                log.warning(
+                    "could not store the delivery; answering 503 so the sender retries",
+                    extra={"request_id": request_id, "event_id": event_id, "reason": type(exc).__name__},
+                )
+                raise Unavailable503("the event store is unavailable; retry later") from None
+        except ConnectionAbortedError:
+            return
+        except HTTPFacingError as exc:
+            if exc.status_code < 500:
+                state.metrics.deliveries.labels(self.source, "rejected", exc.error_type).inc()
+            log.info(
+                "delivery rejected",
+                extra={"request_id": request_id, "event_id": event_id, "source": self.source,
+                       "status": exc.status_code, "error_type": exc.error_type},
+            )
+            await send_json(send, exc.status_code, error_body(exc.error_type, exc.message), request_id)
+            return
+        if outcome is Outcome.ACCEPTED:
+            state.metrics.deliveries.labels(self.source, "accepted", "").inc()
+            body_out = orjson.dumps({"status": "accepted", "id": event_id, "jobs": jobs})
+            status = 202
+        else:
+            state.metrics.deliveries.labels(self.source, "duplicate", "").inc()
+            body_out = orjson.dumps({"status": "duplicate", "id": event_id})
+            status = 200
+        if state.log_deliveries:
+            log.info(
+                "delivery stored",
+                extra={"request_id": request_id, "event_id": event_id, "event_type": payload["type"],
+                       "source": self.source, "outcome": outcome.value,
+                       "jobs": jobs if outcome is Outcome.ACCEPTED else None},
+            )
+        await send_json(send, status, body_out, request_id)
+
+
+@dataclass
+class ReceiverState:
+    settings: Settings
+    verifier: SignatureVerifier
+    pipeline: Pipeline
+    redis: AsyncRedis
+    sync_redis: Redis
+    metrics: Metrics
+    clock: Clock
+    log_deliveries: bool = True
+
+
+def connect_async(url: str) -> AsyncRedis:
+    return AsyncRedis.from_url(
+        url,
+        socket_timeout=REDIS_TIMEOUT,
+        socket_connect_timeout=REDIS_TIMEOUT,
+        retry=AsyncRetry(NoBackoff(), 1),
+        health_check_interval=0,
+    )
+
+
+def build_state(
+    settings: Settings,
+    *,
+    config: Config | None = None,
+    registry: HandlerRegistry | None = None,
+    clock: Clock = time.time,
+) -> ReceiverState:
+    """Everything the receiver needs, checked before it accepts a connection."""
+    secrets = settings.require_webhook_secrets()
+    redis_url = settings.require_redis_url()
+    if registry is None:
+        registry = HandlerRegistry.discover()
+    if config is None:
+        config = load_config(settings.config_path, registry)
+    sealer = Sealer(settings.encryption_keys) if settings.encryption_keys else None
+    builder = JobBuilder(config.routes, settings.queue_name, sealer)
+    redis = connect_async(redis_url)
+    store = EventStore(redis, builder.templates, settings.dedup_ttl)
+    sync_redis = Redis.from_url(redis_url, socket_timeout=REDIS_TIMEOUT, socket_connect_timeout=REDIS_TIMEOUT)
+    metrics = Metrics()
+    metrics.add_job_counts(sync_redis)
+    return ReceiverState(
+        settings=settings,
+        verifier=SignatureVerifier(secrets, settings.signature_tolerance),
+        pipeline=Pipeline(Router(config.routes), builder, store),
+        redis=redis,
+        sync_redis=sync_redis,
+        metrics=metrics,
+        clock=clock,
+    )
+
+
+def create_app(state: ReceiverState) -> Starlette:
+    async def healthz(request: Request) -> Response:
+        return JSONResponse({"status": "ok"})
+
+    async def readyz(request: Request) -> Response:
+        try:
+            await state.redis.ping()
+        except Exception as exc:
+            return JSONResponse(
+                {"status": "unavailable", "error": {"type": "unavailable",
+                                                    "message": f"redis: {type(exc).__name__}"}},
+                status_code=503,
+            )
+        return JSONResponse({"status": "ready"})
+
+    async def metrics(request: Request) -> Response:
+        text = await run_in_threadpool(state.metrics.render)
+        return Response(text, media_type="text/plain; version=0.0.4; charset=utf-8")
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        yield
+        await state.redis.aclose()
+        state.sync_redis.close()
+
+    routes = [
+        Route("/webhooks/osma", OsmaWebhook(state), methods=["POST"]),
+        Route("/healthz", healthz, methods=["GET"]),
+        Route("/readyz", readyz, methods=["GET"]),
+        Route("/metrics", metrics, methods=["GET"]),
+    ]
+    async def http_error(request: Request, exc: Exception) -> Response:
+        status = getattr(exc, "status_code", 400)
+        kinds = {404: ("not_found", "no such endpoint"), 405: ("method_not_allowed", "method not allowed")}
+        kind, message = kinds.get(status, ("bad_request", "bad request"))
+        return JSONResponse({"error": {"type": kind, "message": message}}, status_code=status)
+
+    app = Starlette(routes=routes, lifespan=lifespan, exception_handlers={404: http_error, 405: http_error})
+    app.state.receiver = state
+    return app
+
+
+def app_from_env() -> Starlette:
+    """The ASGI app uvicorn imports (`receiver.app:app_from_env`, factory=True)."""
+    from .logs import configure_logging
+
+    settings = Settings.from_env()
+    configure_logging(settings.log_format)
+    return create_app(build_state(settings))

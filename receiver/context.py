@@ -1,0 +1,53 @@
+"""What a handler gets besides the event: its route's parameters, a clock, a logger,
+Redis, the settings, and a deterministic key for each effect it causes."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from redis import Redis
+
+from .settings import Settings
+
+
+@dataclass
+class Context:
+    """Passed to every handler call next to the `Event`.
+
+    - `params`: the route's parameters (checked by the handler's `params` type if it has one)
+    - `route_key`: a stable id of the route; with the event id it names this job's effects
+    - `attempt`: 1 on the first run, 2 on the first retry, ...
+    - `now()`: the clock to use for anything time-dependent (replays pin it)
+    - `log`: a logger whose lines carry the event id, job id and handler name
+    """
+
+    event_id: str
+    handler: str
+    route_key: str
+    params: Any
+    settings: Settings
+    redis: Redis
+    job_id: str = ""
+    attempt: int = 1
+    clock: Callable[[], datetime] = field(default=lambda: datetime.now().astimezone())
+    log: logging.LoggerAdapter[logging.Logger] = field(
+        default_factory=lambda: logging.LoggerAdapter(logging.getLogger("osma_router.handler"), {})
+    )
+
+    def now(self) -> datetime:
+        return self.clock()
+
+    def idempotency_key(self, step: str = "main") -> str:
+        """A key that is the same for every attempt of this (event, route, step).
+
+        Send it as Osma's `idempotency-key`, or use it to name an effect in a ledger.
+        """
+        raw = f"{self.event_id}|{self.route_key}|{step}"
+        if len(raw) <= 200 and raw.isprintable():
+            return f"osma-router:{raw}"
+        return "osma-router:" + hashlib.sha256(raw.encode()).hexdigest()

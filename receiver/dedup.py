@@ -1,0 +1,215 @@
+"""Dedup and enqueue as one atomic Redis step, with concurrent deliveries grouped.
+
+For each event the script checks its dedup key; when the id is new it writes the job
+hashes, pushes the job ids onto their queues and only then sets the dedup key. A failure
+part-way leaves the id unmarked (so the sender's retry enqueues again, under the same
+deterministic job ids), never marked without its jobs.
+
+Deliveries that arrive while a call is in flight wait for the next call and share it
+(group commit): one round trip for many requests under load, no added latency when idle.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from enum import Enum
+from typing import Generic, TypeVar
+
+from redis.asyncio import Redis as AsyncRedis
+
+from .enqueue import JobWrite
+
+KEY_PREFIX = "osma_router"
+RQ_QUEUES_KEY = "rq:queues"
+RQ_QUEUE_PREFIX = "rq:queue:"
+RQ_JOB_PREFIX = "rq:job:"
+
+# KEYS: [1] rq:queues, then per event: its dedup key, then per job: job key, queue key.
+# ARGV: ttl_ms, now, template count, per template: (field count, fields...),
+#       event count, per event: job count, per job: template no., job id, data, description.
+ADMIT_SCRIPT = """
+local ttl = ARGV[1]
+local now = ARGV[2]
+local a = 3
+local templates = {}
+local ntemplates = tonumber(ARGV[a]); a = a + 1
+for t = 1, ntemplates do
+  local n = tonumber(ARGV[a]); a = a + 1
+  local fields = {}
+  for i = 1, n do fields[i] = ARGV[a + i - 1] end
+  a = a + n
+  templates[t] = fields
+end
+local k = 2
+local results = {}
+local nevents = tonumber(ARGV[a]); a = a + 1
+for e = 1, nevents do
+  local seen_key = KEYS[k]; k = k + 1
+  local njobs = tonumber(ARGV[a]); a = a + 1
+  local fresh = redis.call('EXISTS', seen_key) == 0
+  local failed = false
+  for j = 1, njobs do
+    local job_key, queue_key = KEYS[k], KEYS[k + 1]; k = k + 2
+    local template = templates[tonumber(ARGV[a])]
+    local job_id, data, description = ARGV[a + 1], ARGV[a + 2], ARGV[a + 3]; a = a + 4
+    if fresh and not failed then
+      local ok = redis.pcall('HSET', job_key, 'data', data, 'description', description,
+        'created_at', now, 'enqueued_at', now, unpack(template))
+      if type(ok) == 'table' and ok.err then
+        failed = ok.err
+      else
+        redis.call('RPUSH', queue_key, job_id)
+        redis.call('SADD', KEYS[1], queue_key)
+      end
+    end
+  end
+  if failed then
+    results[e] = failed
+  elseif fresh then
+    redis.call('SET', seen_key, '1', 'PX', ttl)
+    results[e] = 1
+  else
+    results[e] = 0
+  end
+end
+return results
+"""
+
+
+class Outcome(Enum):
+    ACCEPTED = "accepted"
+    DUPLICATE = "duplicate"
+
+
+class StoreError(Exception):
+    """Redis could not store an event (the receiver answers 503)."""
+
+
+@dataclass(frozen=True)
+class Admission:
+    """One event to store: its dedup identity and the jobs to queue with it."""
+
+    source: str
+    event_id: str
+    jobs: Sequence[JobWrite]
+
+
+def dedup_key(source: str, event_id: str) -> str:
+    # Event ids only: no payload data in key names or values.
+    return f"{KEY_PREFIX}:seen:{source}:{event_id}"
+
+
+def rq_timestamp(moment: datetime | None = None) -> str:
+    moment = moment or datetime.now(timezone.utc)
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+class GroupCommitter(Generic[T, R]):
+    """Runs `flush(items)` for submitted items, batching those that queue up meanwhile."""
+
+    def __init__(
+        self,
+        flush: Callable[[list[T]], Awaitable[Sequence[R | BaseException]]],
+        *,
+        max_batch: int = 256,
+        concurrency: int = 4,
+    ) -> None:
+        self._flush = flush
+        self._max_batch = max_batch
+        self._concurrency = concurrency
+        self._pending: deque[tuple[T, asyncio.Future[R]]] = deque()
+        self._running = 0
+
+    async def submit(self, item: T) -> R:
+        future: asyncio.Future[R] = asyncio.get_running_loop().create_future()
+        self._pending.append((item, future))
+        if self._running < self._concurrency:
+            self._running += 1
+            asyncio.get_running_loop().create_task(self._drain())
+        return await future
+
+    async def _drain(self) -> None:
+        try:
+            while self._pending:
+                batch = [self._pending.popleft() for _ in range(min(self._max_batch, len(self._pending)))]
+                try:
+                    results = await self._flush([item for item, _ in batch])
+                except BaseException as exc:  # every waiter must hear of it, whatever it is
+                    for _, future in batch:
+                        if not future.done():
+                            future.set_exception(StoreError(f"{type(exc).__name__}: {exc}"))
+                    if isinstance(exc, asyncio.CancelledError):
+                        raise
+                    continue
+                for (_, future), result in zip(batch, results, strict=True):
+                    if future.done():
+                        continue
+                    if isinstance(result, BaseException):
+                        future.set_exception(result)
+                    else:
+                        future.set_result(result)
+        finally:
+            self._running -= 1
+
+
+class EventStore:
+    """Stores events and their jobs atomically; see the module docstring."""
+
+    def __init__(
+        self,
+        redis: AsyncRedis,
+        templates: Sequence[Sequence[bytes | str | int | float]],
+        dedup_ttl: float,
+        *,
+        max_batch: int = 256,
+        concurrency: int = 4,
+    ) -> None:
+        self.redis = redis
+        self.templates = templates
+        self.ttl_ms = str(max(1, int(round(dedup_ttl * 1000))))
+        self._script = redis.register_script(ADMIT_SCRIPT)
+        self._committer: GroupCommitter[Admission, Outcome] = GroupCommitter(
+            self._store_batch, max_batch=max_batch, concurrency=concurrency
+        )
+
+    async def admit(self, admission: Admission) -> Outcome:
+        """Mark the event seen and queue its jobs, or report it as a duplicate."""
+        return await self._committer.submit(admission)
+
+    async def _store_batch(self, batch: list[Admission]) -> list[Outcome | BaseException]:
+        keys: list[str] = [RQ_QUEUES_KEY]
+        used: dict[int, int] = {}
+        events_args: list[bytes | str | int] = [len(batch)]
+        for admission in batch:
+            keys.append(dedup_key(admission.source, admission.event_id))
+            events_args.append(len(admission.jobs))
+            for job in admission.jobs:
+                keys.append(RQ_JOB_PREFIX + job.job_id)
+                keys.append(RQ_QUEUE_PREFIX + job.queue)
+                number = used.setdefault(job.template, len(used) + 1)
+                events_args.extend((number, job.job_id, job.data, job.description))
+        args: list[bytes | str | int | float] = [self.ttl_ms, rq_timestamp(), len(used)]
+        for template_index in used:  # dicts keep insertion order: numbers 1, 2, ...
+            fields = self.templates[template_index]
+            args.append(len(fields))
+            args.extend(fields)
+        args.extend(events_args)
+        replies = await self._script(keys=keys, args=args)
+        results: list[Outcome | BaseException] = []
+        for reply in replies:
+            if reply == 1:
+                results.append(Outcome.ACCEPTED)
+            elif reply == 0:
+                results.append(Outcome.DUPLICATE)
+            else:
+                message = reply.decode() if isinstance(reply, bytes) else str(reply)
+                results.append(StoreError(f"redis refused a write: {message}"))
+        return results

@@ -1,0 +1,91 @@
+"""Every error osma-router raises on purpose is a subclass of `RouterError`.
+
+```
+RouterError
+├── ConfigError            bad settings or routes file: refuse to start
+├── VerificationError      signature / timestamp: 4xx, never retried
+├── PayloadError           body not JSON, missing id/type, schema mismatch: 4xx
+├── HandlerError           a plugin failed: retried per its policy
+│   └── PermanentError     a plugin says retrying cannot help: failed at once
+└── UpstreamError          Osma / OGSM answered badly
+    ├── Unavailable        5xx, timeout, connection refused: retry with backoff
+    ├── RateLimited        429: retry after Retry-After
+    └── Rejected           other 4xx: do not retry, dead-letter with the body
+```
+
+Each HTTP-facing error carries the `type` string of DESIGN.md's error table, so the
+receiver turns any of them into `{"error": {"type": ..., "message": ...}}` the same way.
+"""
+
+from __future__ import annotations
+
+
+class RouterError(Exception):
+    """Base of every osma-router error."""
+
+
+class ConfigError(RouterError):
+    """A setting, the routes file or a plugin is wrong; the process must not start."""
+
+
+class HTTPFacingError(RouterError):
+    """An error the receiver answers with a status code and a classified JSON body."""
+
+    status_code = 400
+    error_type = "bad_request"
+
+    def __init__(self, message: str, *, error_type: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        if error_type is not None:
+            self.error_type = error_type
+
+
+class VerificationError(HTTPFacingError):
+    """The `osma-signature` header is missing, malformed, stale or does not match."""
+
+    status_code = 401
+
+
+class PayloadError(HTTPFacingError):
+    """The verified body is not an acceptable event or batch."""
+
+    status_code = 400
+
+
+class HandlerError(RouterError):
+    """A handler failed; the job is retried according to its route's policy."""
+
+
+class PermanentError(HandlerError):
+    """A handler failed in a way retrying cannot fix; the job goes to the failed registry."""
+
+
+class UpstreamError(RouterError):
+    """Osma or OGSM answered badly."""
+
+    def __init__(self, message: str, *, status_code: int | None = None, body: str = "") -> None:
+        super().__init__(message)
+        self.status_code = status_code
+        self.body = body
+
+
+class Unavailable(UpstreamError):
+    """5xx, timeout or refused connection: retried with backoff."""
+
+
+class RateLimited(UpstreamError):
+    """429: retried, but not before `retry_after` seconds."""
+
+    def __init__(self, message: str, *, retry_after: float, **kwargs: object) -> None:
+        super().__init__(message, **kwargs)  # type: ignore[arg-type]
+        self.retry_after = retry_after
+
+
+class Rejected(UpstreamError):
+    """Another 4xx: retrying cannot help; the job is dead-lettered with the body."""
+
+
+def is_retryable(exc: BaseException) -> bool:
+    """Whether a failed job should be tried again (DESIGN.md, Retries)."""
+    return not isinstance(exc, (Rejected, PermanentError, ConfigError, PayloadError))

@@ -1,0 +1,13 @@
+"""Job entry points. RQ stores jobs by the import path of their function, so the names
+in this module never change once released: `receiver.jobs.run_handler`."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def run_handler(spec: dict[str, Any]) -> None:
+    """Run one handler for one event (the spec is built by `receiver.enqueue`)."""
+    from .execution import execute
+
+    execute(spec)

@@ -1,0 +1,65 @@
+"""Structured logs: one JSON object a line in production, readable lines in `dev`.
+
+Only what is passed in `extra=` with a known name is written next to the message, so a
+careless `extra={"event": payload}` cannot leak member or task data into the logs.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from datetime import datetime, timezone
+
+import orjson
+
+ALLOWED_FIELDS = (
+    "request_id", "event_id", "event_type", "source", "outcome", "jobs", "job_id", "handler",
+    "route", "attempt", "status", "reason", "error_type", "queue", "duration_ms", "url",
+    "upstream", "upstream_request_id", "retry_in", "connector", "records", "worker",
+)
+
+
+class JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, object] = {
+            "ts": datetime.fromtimestamp(record.created, timezone.utc).isoformat(timespec="milliseconds"),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "msg": record.getMessage(),
+        }
+        for name in ALLOWED_FIELDS:
+            value = record.__dict__.get(name)
+            if value is not None:
+                entry[name] = value
+        if record.exc_info and record.exc_info[0] is not None:
+            # The type and message only: a traceback's locals can hold payload data.
+            entry["exc"] = f"{record.exc_info[0].__name__}: {record.exc_info[1]}"
+        return orjson.dumps(entry, default=str).decode()
+
+
+class ConsoleFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        time = datetime.fromtimestamp(record.created).strftime("%H:%M:%S")
+        fields = " ".join(
+            f"{name}={record.__dict__[name]}" for name in ALLOWED_FIELDS if record.__dict__.get(name) is not None
+        )
+        line = f"{time} {record.levelname:<7} {record.name}: {record.getMessage()}"
+        if record.exc_info and record.exc_info[0] is not None:
+            fields += f" exc={record.exc_info[0].__name__}: {record.exc_info[1]}"
+        return f"{line}  {fields}" if fields else line
+
+
+def configure_logging(log_format: str = "json", level: int = logging.INFO) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JsonFormatter() if log_format == "json" else ConsoleFormatter())
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    # RQ logs job descriptions and arguments at INFO; ours carry what is needed.
+    logging.getLogger("rq").setLevel(logging.WARNING)
+    logging.getLogger("rq.worker").setLevel(logging.WARNING)
+    for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
+        logging.getLogger(name).handlers[:] = []
+        logging.getLogger(name).propagate = True
+    # One line per delivery comes from the receiver itself, with the event id.
+    logging.getLogger("uvicorn.access").setLevel(logging.WARNING)
