@@ -78,7 +78,7 @@ def execute(spec: Mapping[str, Any], runtime: WorkerRuntime | None = None) -> No
     runtime = runtime or WorkerRuntime.current()
     job = get_current_job()
     route = spec["route"]
-    attempt = _attempt(job, int(route.get("retries", 0)))
+    attempt = _attempt(job)
     try:
         body = runtime.open_body(spec)
         event = event_from_spec(spec, body)
@@ -113,10 +113,11 @@ def execute(spec: Mapping[str, Any], runtime: WorkerRuntime | None = None) -> No
         raise
 
 
-def _attempt(job: Job | None, retries: int) -> int:
-    if job is None or job.retries_left is None:
+def _attempt(job: Job | None) -> int:
+    """1 on the first run; failures record their attempt in the job's meta."""
+    if job is None:
         return 1
-    return max(1, retries - job.retries_left + 1)
+    return int(job.meta.get("attempts", 0)) + 1
 
 
 def _record_failure(job: Job, exc: BaseException, attempt: int) -> None:

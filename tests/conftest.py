@@ -1,0 +1,71 @@
+"""Shared fixtures: a real redis-server of the suite's own, real HTTP on loopback
+(uvicorn in a thread), and a plugin registered through a real entry point
+(tests/plugin_path holds its package and dist-info; `support` puts it on sys.path)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from redis import Redis
+from support import LiveServer, Receiver, env_for
+
+from receiver.app import build_state, create_app
+from receiver.plugins import HandlerRegistry
+from receiver.redis_server import RedisServer, find_redis_server
+from receiver.routes import load_config
+from receiver.settings import Settings
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[RedisServer]:
+    server = RedisServer(binary=find_redis_server(prefer_embedded=False))
+    with server:
+        yield server
+
+
+@pytest.fixture
+def redis(redis_server: RedisServer) -> Iterator[Redis]:
+    if not redis_server.ping():  # a test stopped it: bring it back for the next one
+        redis_server.start()
+    client = Redis.from_url(redis_server.url)
+    client.flushall()
+    yield client
+    client.close()
+
+
+@pytest.fixture
+def write_routes(tmp_path: Path) -> Callable[[str], Path]:
+    def write(text: str) -> Path:
+        path = tmp_path / "osma-router.toml"
+        path.write_text(text)
+        return path
+
+    return write
+
+
+@pytest.fixture
+def start_receiver(
+    redis: Redis, redis_server: RedisServer, tmp_path: Path
+) -> Iterator[Callable[..., Receiver]]:
+    started: list[Receiver] = []
+
+    def start(routes: str = "", *, clock: Callable[[], float] = time.time, **env: str) -> Receiver:
+        path = None
+        if routes:
+            path = tmp_path / f"routes-{len(started)}.toml"
+            path.write_text(routes)
+        settings = Settings.from_env(env_for(redis_server.url, path, **env), env_file=None)
+        registry = HandlerRegistry.discover()
+        state = build_state(settings, config=load_config(settings.config_path, registry),
+                            registry=registry, clock=clock)
+        receiver = Receiver(state, LiveServer(create_app(state)).start(), settings)
+        started.append(receiver)
+        return receiver
+
+    yield start
+    for receiver in started:
+        receiver.http.close()
+        receiver.server.stop()
