@@ -8,7 +8,7 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from .exceptions import ConfigError, RouterError
 from .settings import Settings
@@ -33,9 +33,26 @@ examples:
 """
 
 
-def _fail(message: str) -> int:
+Command = Callable[[argparse.Namespace], int]
+
+
+def add_command(sub: Any, name: str, func: Command, help_: str) -> argparse.ArgumentParser:
+    """Add one subcommand whose `--help` says `help_`; `func(args)` returns the exit code."""
+    parser: argparse.ArgumentParser = sub.add_parser(
+        name, help=help_, description=help_, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.set_defaults(func=func)
+    return parser
+
+
+def fail(message: str) -> int:
+    """Print one `osma-router: error: ...` line and return exit code 1."""
     print(f"osma-router: error: {message}", file=sys.stderr)
     return 1
+    print(f"osma-router: error: {message}", file=sys.stderr)
+    return 1
+
+
 
 
 def _settings() -> Settings:
@@ -65,7 +82,7 @@ def cmd_send(args: argparse.Namespace) -> int:
     try:
         response = httpx.post(args.url, content=body, headers=headers, timeout=args.timeout)
     except httpx.HTTPError as exc:
-        return _fail(f"could not POST to {args.url}: {type(exc).__name__}: {exc}")
+        return fail(f"could not POST to {args.url}: {type(exc).__name__}: {exc}")
     print(f"HTTP {response.status_code} {response.reason_phrase}")
     print(response.text)
     return 0 if 200 <= response.status_code < 300 else 1
@@ -234,10 +251,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
 
-    def add(name: str, func: Callable[[argparse.Namespace], int], help_: str, **kw: object) -> argparse.ArgumentParser:
-        p = sub.add_parser(name, help=help_, description=help_, **kw)  # type: ignore[arg-type]
-        p.set_defaults(func=func)
-        return p
+    def add(name: str, func: Command, help_: str) -> argparse.ArgumentParser:
+        return add_command(sub, name, func, help_)
 
     p = add("dev", cmd_dev, "run everything for a local try-out: Redis (embedded unless "
             "OSMA_ROUTER_REDIS_URL is set), the receiver and one worker; Ctrl-C stops it all")
@@ -288,7 +303,16 @@ def build_parser() -> argparse.ArgumentParser:
     fr.set_defaults(func=cmd_failed_retry)
 
     add("keygen", cmd_keygen, "print a new Fernet key for OSMA_ROUTER_ENCRYPTION_KEYS")
+
+    # Commands of other features live beside the feature; each module adds its own.
+    for register in _feature_commands():
+        register(sub)
     return parser
+
+
+def _feature_commands() -> list[Callable[[Any], None]]:
+    registrars: list[Callable[[Any], None]] = []
+    return registrars
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -297,14 +321,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.func(args))
     except (ConfigError, RouterError) as exc:
-        return _fail(str(exc))
+        return fail(str(exc))
     except KeyboardInterrupt:
         return 130
     except Exception as exc:  # a connection error or similar: still one line
         import redis
 
         if isinstance(exc, redis.exceptions.RedisError):
-            return _fail(f"Redis: {type(exc).__name__}: {exc} (check OSMA_ROUTER_REDIS_URL)")
+            return fail(f"Redis: {type(exc).__name__}: {exc} (check OSMA_ROUTER_REDIS_URL)")
         raise
 
 

@@ -31,7 +31,8 @@ from .exceptions import ConfigError
 ENTRY_POINT_GROUP = "osma_router.handlers"
 
 HandlerFunc = Callable[..., Any]
-ParamsCheck = Callable[[Mapping[str, Any]], Any]
+# A dataclass (called with the parameters as keywords) or a function of the mapping.
+ParamsCheck = type | Callable[[Mapping[str, Any]], Any]
 
 
 @dataclass(frozen=True)

@@ -175,6 +175,18 @@ def parse_config(
     return Config(routes=tuple(routes), connectors=connectors, path=path)
 
 
+def _flatten(where: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """`{ data.score = 5 }` is a nested table in TOML; it means the path `data.score`."""
+    flat: dict[str, Any] = {}
+    for key, value in where.items():
+        path = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(_flatten(value, path + "."))
+        else:
+            flat[path] = value
+    return flat
+
+
 def _replace_key(route: Route, key: str) -> Route:
     from dataclasses import replace
 
@@ -211,6 +223,7 @@ def _parse_route(
     where = table.get("where", {})
     if not isinstance(where, dict):
         raise ConfigError(f"{label}: `where` must be an inline table of field = value")
+    where = _flatten(where)
 
     retries = table.get("retries", DEFAULT_RETRIES)
     if not isinstance(retries, int) or isinstance(retries, bool) or not 0 <= retries <= 100:

@@ -47,7 +47,7 @@ class Secret:
 class Settings:
     """Everything the service reads from its environment, checked once."""
 
-    redis_url: str | None = None
+    redis_url: str | None = field(default=None, repr=False)  # may carry a password
     webhook_secrets: tuple[Secret, ...] = ()
     signature_tolerance: int = 300
     dedup_ttl: float = 259_200.0

@@ -26,6 +26,7 @@ _MAX_TIMESTAMP_DIGITS = 18
 class SignatureHeader:
     timestamp: int
     signatures: tuple[bytes, ...]
+    raw_timestamp: bytes = b""  # as written: it is what was signed
 
 
 def parse_header(header: bytes | str | None) -> SignatureHeader:
@@ -56,11 +57,12 @@ def parse_header(header: bytes | str | None) -> SignatureHeader:
         raise _malformed("no v1= entry")
     digits = timestamp.lstrip(b"-")
     parsed = int(timestamp) if len(digits) <= _MAX_TIMESTAMP_DIGITS else _far_away(timestamp)
-    return SignatureHeader(timestamp=parsed, signatures=tuple(signatures))
+    return SignatureHeader(timestamp=parsed, signatures=tuple(signatures), raw_timestamp=timestamp)
 
 
 def _far_away(timestamp: bytes) -> int:
-    return -(10**_MAX_TIMESTAMP_DIGITS) if timestamp.startswith(b"-") else 10**_MAX_TIMESTAMP_DIGITS
+    far: int = 10**_MAX_TIMESTAMP_DIGITS
+    return -far if timestamp.startswith(b"-") else far
 
 
 def _malformed(reason: str) -> VerificationError:
@@ -87,7 +89,7 @@ class SignatureVerifier:
                 f"the signature timestamp is more than {self.tolerance} s away from the receiver's clock",
                 error_type="timestamp_out_of_tolerance",
             )
-        signed = b"%d." % parsed.timestamp
+        signed = parsed.raw_timestamp + b"."
         for key in self._keys:
             mac = key.copy()
             mac.update(signed)

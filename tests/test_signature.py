@@ -28,14 +28,18 @@ bounded = settings(max_examples=250, deadline=None)
 
 def hmac_hex(secret: str, timestamp: int | str, body: bytes) -> str:
     """The signature computed independently of the code under test."""
-    return hmac.new(secret.encode("utf-8"), f"{timestamp}.".encode() + body, hashlib.sha256).hexdigest()
+    return hmac.new(
+        secret.encode("utf-8"), f"{timestamp}.".encode() + body, hashlib.sha256
+    ).hexdigest()
 
 
 def verifier(*secrets: str, tolerance: int = 300) -> SignatureVerifier:
     return SignatureVerifier([Secret(s) for s in (secrets or (SECRET,))], tolerance)
 
 
-def rejection(header: str | bytes | None, body: bytes = BODY, now: float = NOW, **kw: int) -> VerificationError:
+def rejection(
+    header: str | bytes | None, body: bytes = BODY, now: float = NOW, **kw: int
+) -> VerificationError:
     with pytest.raises(VerificationError) as caught:
         verifier(**kw).verify(body, header, now=now)
     assert caught.value.status_code == 401
@@ -245,16 +249,41 @@ timestamps = st.integers(min_value=0, max_value=10**11)
 
 
 @bounded
-@given(body=st.binary(max_size=2048), secret=secrets_strategy, timestamp=timestamps,
-       skew=st.integers(min_value=-300, max_value=300))
-def test_property_sign_then_verify_succeeds(body: bytes, secret: str, timestamp: int, skew: int) -> None:
+@given(
+    body=st.binary(max_size=2048),
+    secret=secrets_strategy,
+    timestamp=timestamps,
+    skew=st.integers(min_value=-300, max_value=300),
+)
+def test_property_sign_then_verify_succeeds(
+    body: bytes, secret: str, timestamp: int, skew: int
+) -> None:
     header = sign(body, secret, timestamp)
     assert verifier(secret).verify(body, header, now=timestamp + skew) == timestamp
-    assert verifier("another secret " + secret, secret).verify(body, header, now=timestamp) == timestamp
+    assert (
+        verifier("another secret " + secret, secret).verify(body, header, now=timestamp)
+        == timestamp
+    )
 
 
 header_pieces = st.sampled_from(
-    ["t=", "v1=", "v0=", "V1=", "T=", "=", ",", " ", "-", "1700000000", "0", "abc", "deadbeef", "\x00", "é"]
+    [
+        "t=",
+        "v1=",
+        "v0=",
+        "V1=",
+        "T=",
+        "=",
+        ",",
+        " ",
+        "-",
+        "1700000000",
+        "0",
+        "abc",
+        "deadbeef",
+        "\x00",
+        "é",
+    ]
 )
 structured_headers = st.lists(
     st.one_of(header_pieces, st.text(max_size=8), st.integers().map(str)), max_size=12
@@ -262,8 +291,10 @@ structured_headers = st.lists(
 
 
 @bounded
-@given(header=st.one_of(st.text(max_size=200), st.binary(max_size=200), structured_headers, st.none()),
-       now=st.one_of(st.integers(-(10**20), 10**20), st.floats(allow_nan=False, allow_infinity=False)))
+@given(
+    header=st.one_of(st.text(max_size=200), st.binary(max_size=200), structured_headers, st.none()),
+    now=st.one_of(st.integers(-(10**20), 10**20), st.floats(allow_nan=False, allow_infinity=False)),
+)
 def test_property_arbitrary_headers_only_ever_raise_verification_error(
     header: str | bytes | None, now: float
 ) -> None:
@@ -285,7 +316,9 @@ def test_property_arbitrary_headers_only_ever_raise_verification_error(
 
 @bounded
 @given(body=st.binary(min_size=1, max_size=1024), data=st.data())
-def test_property_flipping_any_body_byte_breaks_the_signature(body: bytes, data: st.DataObject) -> None:
+def test_property_flipping_any_body_byte_breaks_the_signature(
+    body: bytes, data: st.DataObject
+) -> None:
     header = sign(body, SECRET, NOW)
     position = data.draw(st.integers(min_value=0, max_value=len(body) - 1))
     mask = data.draw(st.integers(min_value=1, max_value=255))
