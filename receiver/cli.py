@@ -49,10 +49,6 @@ def fail(message: str) -> int:
     """Print one `osma-router: error: ...` line and return exit code 1."""
     print(f"osma-router: error: {message}", file=sys.stderr)
     return 1
-    print(f"osma-router: error: {message}", file=sys.stderr)
-    return 1
-
-
 
 
 def _settings() -> Settings:
