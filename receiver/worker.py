@@ -13,7 +13,7 @@ from redis import Redis
 from rq.job import Job
 from rq.queue import Queue
 from rq.serializers import JSONSerializer
-from rq.worker import SimpleWorker
+from rq.worker import SimpleWorker, WorkerStatus
 
 from .execution import WorkerRuntime
 from .metrics import JOB_COUNTS_KEY, job_count_field
@@ -42,31 +42,45 @@ class RouterWorker(SimpleWorker):
             **kwargs,
         )
         self._outcome_job: Job | None = None
+        self._running: tuple[Job, Any] | None = None
+        self._beat_lock = threading.Lock()
+        self._stop_beating = threading.Event()
+        self._beater: threading.Thread | None = None
 
     def get_heartbeat_ttl(self, job: Job, working_time: float = 0.0) -> int:
         return HEARTBEAT_TTL
 
     def execute_job(self, job: Job, queue: Queue) -> None:
-        stop = threading.Event()
         execution = self.prepare_execution(job)
+        with self._beat_lock:
+            self._running = (job, execution)
+        self._ensure_heartbeat_thread()
+        try:
+            self.perform_job(job, queue, execution)
+        finally:
+            with self._beat_lock:
+                self._running = None
+        self.set_state(WorkerStatus.IDLE)
 
-        def beat() -> None:
-            while not stop.wait(HEARTBEAT_EVERY):
+    def _ensure_heartbeat_thread(self) -> None:
+        # One thread for the worker's life, not one per job: jobs are often ~1 ms.
+        if self._beater is None or not self._beater.is_alive():
+            self._beater = threading.Thread(target=self._beat, name="job-heartbeat", daemon=True)
+            self._beater.start()
+
+    def stop_heartbeats(self) -> None:
+        self._stop_beating.set()
+
+    def _beat(self) -> None:
+        while not self._stop_beating.wait(HEARTBEAT_EVERY):
+            with self._beat_lock:
+                if self._running is None:
+                    continue
+                job, execution = self._running
                 try:
                     self.maintain_heartbeats(job, execution)
                 except Exception:
                     log.warning("heartbeat failed", extra={"job_id": job.id})
-
-        beater = threading.Thread(target=beat, name=f"heartbeat-{job.id}", daemon=True)
-        beater.start()
-        try:
-            self.perform_job(job, queue, execution)
-        finally:
-            stop.set()
-            beater.join()
-        from rq.worker import WorkerStatus
-
-        self.set_state(WorkerStatus.IDLE)
 
     # Job counts go into the pipeline RQ already uses to record the outcome.
     def handle_job_success(self, job: Job, queue: Queue, started_job_registry: Any, execution: Any) -> None:
@@ -135,4 +149,7 @@ def _event_of(job: Job) -> str | None:
 def run_worker(runtime: WorkerRuntime, queues: Sequence[str], *, burst: bool = False) -> bool:
     WorkerRuntime.install(runtime)
     worker = RouterWorker(queues, connection=runtime.redis)
-    return bool(worker.work(burst=burst, with_scheduler=True, logging_level="WARNING"))
+    try:
+        return bool(worker.work(burst=burst, with_scheduler=True, logging_level="WARNING"))
+    finally:
+        worker.stop_heartbeats()
