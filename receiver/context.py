@@ -8,11 +8,17 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from redis import Redis
 
 from .settings import Settings
+
+if TYPE_CHECKING:
+    from .ledger import EffectsLedger
+    from .ogsm_client import AsyncOgsmClient, OgsmClient
+    from .osma_client import AsyncOsmaClient, OsmaClient
+    from .upstream import Upstream
 
 
 @dataclass
@@ -24,6 +30,10 @@ class Context:
     - `attempt`: 1 on the first run, 2 on the first retry, ...
     - `now()`: the clock to use for anything time-dependent (replays pin it)
     - `log`: a logger whose lines carry the event id, job id and handler name
+    - `osma`, `ogsm` (and `osma_async`, `ogsm_async` for `async def` handlers): API
+      clients built from the settings, shared by the jobs of a worker process; asking
+      for one whose settings are missing fails the job with `UpstreamNotConfigured`
+    - `ledger`: the effects ledger, to make an upstream effect happen once
     """
 
     event_id: str
@@ -38,6 +48,40 @@ class Context:
     log: logging.LoggerAdapter[logging.Logger] = field(
         default_factory=lambda: logging.LoggerAdapter(logging.getLogger("osma_router.handler"), {})
     )
+    upstream: Upstream | None = None
+
+    @property
+    def _clients(self) -> Upstream:
+        if self.upstream is None:
+            from .upstream import Upstream
+
+            self.upstream = Upstream(self.settings, self.redis)
+        return self.upstream
+
+    @property
+    def osma(self) -> OsmaClient:
+        """The Osma API client (blocking)."""
+        return self._clients.osma
+
+    @property
+    def osma_async(self) -> AsyncOsmaClient:
+        """The Osma API client for `async def` handlers."""
+        return self._clients.osma_async
+
+    @property
+    def ogsm(self) -> OgsmClient:
+        """The OGSM API client (blocking)."""
+        return self._clients.ogsm
+
+    @property
+    def ogsm_async(self) -> AsyncOgsmClient:
+        """The OGSM API client for `async def` handlers."""
+        return self._clients.ogsm_async
+
+    @property
+    def ledger(self) -> EffectsLedger:
+        """The effects ledger (`receiver/ledger.py`)."""
+        return self._clients.ledger
 
     def now(self) -> datetime:
         return self.clock()

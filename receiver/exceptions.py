@@ -7,6 +7,8 @@ RouterError
 ├── PayloadError           body not JSON, missing id/type, schema mismatch: 4xx
 ├── HandlerError           a plugin failed: retried per its policy
 │   └── PermanentError     a plugin says retrying cannot help: failed at once
+│       ├── InvalidRequest       a request a client refuses to send (metadata over Osma's limits, ...)
+│       └── UpstreamNotConfigured  a handler needs a client whose settings are missing (a ConfigError too)
 └── UpstreamError          Osma / OGSM answered badly
     ├── Unavailable        5xx, timeout, connection refused: retry with backoff
     ├── RateLimited        429: retry after Retry-After
@@ -59,6 +61,14 @@ class HandlerError(RouterError):
 
 class PermanentError(HandlerError):
     """A handler failed in a way retrying cannot fix; the job goes to the failed registry."""
+
+
+class InvalidRequest(PermanentError):
+    """A request the Osma or OGSM client refuses to send, because the API would refuse it."""
+
+
+class UpstreamNotConfigured(PermanentError, ConfigError):
+    """A handler asked for the Osma or OGSM client, but its settings are not there."""
 
 
 class UpstreamError(RouterError):

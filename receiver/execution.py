@@ -23,6 +23,7 @@ from .exceptions import ConfigError, PermanentError, RateLimited, is_retryable
 from .plugins import HandlerRegistry
 from .routes import Config, load_config
 from .settings import Settings
+from .upstream import Upstream
 
 log = logging.getLogger("osma_router.worker")
 
@@ -37,6 +38,11 @@ class WorkerRuntime:
     redis: Redis
     sealer: Sealer | None = None
     loop: asyncio.AbstractEventLoop = field(default_factory=asyncio.new_event_loop)
+    upstream: Upstream = field(init=False)
+
+    def __post_init__(self) -> None:
+        # The Osma / OGSM clients and their connections, shared by this process's jobs.
+        self.upstream = Upstream(self.settings, self.redis)
 
     _current: ClassVar["WorkerRuntime | None"] = None  # one per process, set by the worker
 
@@ -97,6 +103,7 @@ def execute(spec: Mapping[str, Any], runtime: WorkerRuntime | None = None) -> No
             redis=runtime.redis,
             job_id=job.id if job else "",
             attempt=attempt,
+            upstream=runtime.upstream,
             log=logging.LoggerAdapter(
                 logging.getLogger("osma_router.handler"),
                 {"event_id": event.id, "handler": handler.name, "job_id": job.id if job else None},

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import date
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -17,6 +18,7 @@ from .exceptions import ConfigError
 
 PREFIX = "OSMA_ROUTER_"
 DEFAULT_CONFIG_FILE = "osma-router.toml"
+DEFAULT_OSMA_API_VERSION = "2022-05-22"  # the `osma-api-version` the Osma client was written against
 
 
 class Secret:
@@ -56,6 +58,7 @@ class Settings:
     queue_name: str = "osma-router"
     osma_api_key: Secret | None = None
     osma_base_url: str = "https://api.osma.com"
+    osma_api_version: str = DEFAULT_OSMA_API_VERSION
     ogsm_base_url: str | None = None
     ogsm_username: str | None = None
     ogsm_password: Secret | None = None
@@ -102,6 +105,7 @@ class Settings:
             "queue": self.queue_name,
             "osma_api_key": mask(self.osma_api_key),
             "osma_base_url": self.osma_base_url,
+            "osma_api_version": self.osma_api_version,
             "ogsm_base_url": self.ogsm_base_url or "-",
             "ogsm_username": self.ogsm_username or "-",
             "ogsm_password": mask(self.ogsm_password),
@@ -147,6 +151,13 @@ def _parse(env: Mapping[str, str]) -> Settings:
 
     osma_key = get("OSMA_API_KEY")
     osma_base = _base_url("OSMA_BASE_URL", get("OSMA_BASE_URL") or "https://api.osma.com")
+    osma_version = get("OSMA_API_VERSION") or DEFAULT_OSMA_API_VERSION
+    try:
+        date.fromisoformat(osma_version)
+    except ValueError:
+        raise ConfigError(
+            f"{PREFIX}OSMA_API_VERSION must be an ISO 8601 date like 2022-05-22, got {osma_version!r}"
+        ) from None
     ogsm_base = get("OGSM_BASE_URL")
     if ogsm_base is not None:
         ogsm_base = _base_url("OGSM_BASE_URL", ogsm_base)
@@ -193,6 +204,7 @@ def _parse(env: Mapping[str, str]) -> Settings:
         queue_name=queue_name,
         osma_api_key=Secret(osma_key) if osma_key else None,
         osma_base_url=osma_base,
+        osma_api_version=osma_version,
         ogsm_base_url=ogsm_base,
         ogsm_username=get("OGSM_USERNAME"),
         ogsm_password=Secret(ogsm_password) if ogsm_password else None,

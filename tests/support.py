@@ -5,21 +5,19 @@ from __future__ import annotations
 import itertools
 import os
 import sys
-import threading
 import time
 from pathlib import Path
 from typing import Any
 
 import httpx
 import orjson
-import uvicorn
 from redis import Redis
 
 from receiver.app import ReceiverState
 from receiver.execution import WorkerRuntime
-from receiver.redis_server import free_port
 from receiver.settings import Settings
 from receiver.signature import sign
+from receiver.testing.server import LiveServer
 from receiver.worker import run_worker
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -73,34 +71,6 @@ def subprocess_env(env: dict[str, str]) -> dict[str, str]:
     full.update(env)
     full["PYTHONPATH"] = os.pathsep.join(filter(None, [str(PLUGIN_PATH), str(ROOT), full.get("PYTHONPATH")]))
     return full
-
-
-class LiveServer:
-    """A real uvicorn serving an app on a loopback port, in a thread."""
-
-    def __init__(self, app: Any) -> None:
-        self.port = free_port()
-        config = uvicorn.Config(app, host="127.0.0.1", port=self.port, log_config=None,
-                                access_log=False, lifespan="on")
-        self.server = uvicorn.Server(config)
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def start(self) -> LiveServer:
-        self.thread.start()
-        deadline = time.monotonic() + 10
-        while not self.server.started:
-            if time.monotonic() > deadline or not self.thread.is_alive():
-                raise RuntimeError("uvicorn did not start")
-            time.sleep(0.01)
-        return self
-
-    def stop(self) -> None:
-        self.server.should_exit = True
-        self.thread.join(10)
 
 
 class Receiver:

@@ -1,0 +1,289 @@
+"""A fake OGSM API for tests, served over real HTTP under `/api/v2`: objectives, goals,
+strategies and KPIs to read, goal and KPI measurements to create, actions to create,
+update and delete. It checks basic auth and `Content-Type: application/json` and
+enforces the documented body shapes (422 otherwise); like OGSM it has no idempotency,
+so a POST sent twice makes two resources.
+
+```python
+with FakeOgsm() as ogsm:
+    ogsm.add_indicator(id=456, title="Blood pressure updates")
+    ...                                     # OSMA_ROUTER_OGSM_BASE_URL=ogsm.base_url
+    assert [r["current_value"] for r in ogsm.indicator_reports()] == [1, 2, 3]
+```
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import copy
+import itertools
+import math
+from collections.abc import Callable
+from datetime import date
+from typing import Any
+
+import orjson
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from .fake_service import FakeService, Fault, Seen, json_response
+
+USERNAME = "osma-router"
+PASSWORD = "fake-ogsm-password"
+PREFIX = "/api/v2"
+REPORT_FIELDS = {"at", "current_value", "target_value", "traffic_light", "show_in_ogsm", "description"}
+ACTION_FIELDS = {"title", "labels", "strategies", "description", "assignee", "involved", "start", "due",
+                 "status", "ogsm_canvases", "traffic_light", "progress", "archived"}
+
+
+class Unprocessable(Exception):
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(message)
+        self.field = field
+
+
+# An operation: (request, path params) -> (status, body).
+Operation = Callable[[Seen, dict[str, str]], tuple[int, Any]]
+
+
+class FakeOgsm(FakeService):
+    """The fake OGSM API; `base_url` is what `OSMA_ROUTER_OGSM_BASE_URL` should be."""
+
+    name = "fake OGSM"
+
+    def __init__(self, username: str = USERNAME, password: str = PASSWORD) -> None:
+        self.username = username
+        self.password = password
+        self._ids = itertools.count(1001)
+        self._store: dict[str, dict[int, dict[str, Any]]] = {}
+        super().__init__()
+
+    @property
+    def base_url(self) -> str:
+        return self.url + PREFIX
+
+    def routes(self) -> list[Route]:
+        routes = [self._route(f"/{name}.json", GET=self._lister(name))
+                  for name in ("objectives", "goals", "strategies", "indicators")]
+        return routes + [
+            self._route("/goal_reports.json", GET=self._lister("goal_reports"), POST=self._reporter("goal")),
+            self._route("/indicator_reports.json", GET=self._lister("indicator_reports"),
+                        POST=self._reporter("indicator")),
+            self._route("/actions.json", GET=self._lister("actions"), POST=self._create_action),
+            self._route("/actions/{id}.json", PATCH=self._update_action, DELETE=self._delete_action),
+        ]
+
+    # --- seeding and reading, for tests -------------------------------------------------
+
+    def add_objective(self, **fields: Any) -> dict[str, Any]:
+        return self._seed("objectives", {"title": "Objective", "labels": [], "archived": False}, fields)
+
+    def add_goal(self, **fields: Any) -> dict[str, Any]:
+        return self._seed("goals", {"title": "Goal", "labels": [], "target_unit": None, "archived": False,
+                                    "aggregation_method": "sum", "chart_type": "line"}, fields)
+
+    def add_strategy(self, **fields: Any) -> dict[str, Any]:
+        return self._seed("strategies", {"title": "Strategy", "labels": [], "archived": False}, fields)
+
+    def add_indicator(self, **fields: Any) -> dict[str, Any]:
+        return self._seed("indicators", {"title": "KPI", "labels": [], "strategies": [], "target_unit": None,
+                                         "archived": False, "aggregation_method": "sum",
+                                         "chart_type": "line"}, fields)
+
+    def indicator_reports(self, indicator_id: int | None = None) -> list[dict[str, Any]]:
+        """KPI measurements in the order they were made (of one KPI, with `indicator_id`)."""
+        return [r for r in self._all("indicator_reports")
+                if indicator_id is None or r["indicator"]["id"] == indicator_id]
+
+    def goal_reports(self, goal_id: int | None = None) -> list[dict[str, Any]]:
+        return [r for r in self._all("goal_reports") if goal_id is None or r["goal"]["id"] == goal_id]
+
+    def actions(self) -> list[dict[str, Any]]:
+        return self._all("actions")
+
+    def reset(self) -> None:
+        with self.lock:
+            super().reset()
+            self._store.clear()
+
+    # --- HTTP ---------------------------------------------------------------------------
+
+    def _route(self, path: str, **by_method: Operation) -> Route:
+        endpoint_path = path.replace("{id}", ":id")
+
+        async def endpoint(request: Request) -> Response:
+            def handle(seen: Seen) -> Response:
+                return self._answer(seen, request.path_params, by_method[request.method])
+
+            return await self.run(request, f"{request.method} {endpoint_path}", handle, self._fault_response)
+
+        return Route(PREFIX + path, endpoint, methods=list(by_method))
+
+    def _fault_response(self, fault: Fault) -> Response:
+        headers = {"x-request-id": self.next_request_id()}
+        if fault.retry_after is not None:
+            headers["retry-after"] = fault.retry_after
+        body = fault.body if fault.body is not None else {"error": f"injected {fault.status}"}
+        return json_response(body, fault.status or 503, headers)
+
+    def _answer(self, seen: Seen, path: dict[str, str], operation: Operation) -> Response:
+        headers = {"x-request-id": self.next_request_id()}
+        if not self._authorized(seen.headers.get("authorization", "")):
+            return json_response({"error": "unauthorized"}, 401,
+                                 {**headers, "www-authenticate": 'Basic realm="OGSM API"'})
+        if seen.method in ("POST", "PATCH"):
+            content_type = seen.headers.get("content-type", "").split(";")[0].strip().lower()
+            if content_type != "application/json":
+                return json_response({"error": "send JSON with Content-Type: application/json"}, 415, headers)
+        try:
+            with self.lock:
+                status, body = operation(seen, path)
+        except Unprocessable as exc:
+            return json_response({"errors": {exc.field: [str(exc)]}}, 422, headers)
+        except KeyError:
+            return json_response({"error": "not found"}, 404, headers)
+        return json_response(body, status, headers)
+
+    def _authorized(self, header: str) -> bool:
+        scheme, _, encoded = header.partition(" ")
+        if scheme.lower() != "basic":
+            return False
+        try:
+            username, _, password = base64.b64decode(encoded, validate=True).decode("utf-8").partition(":")
+        except (binascii.Error, UnicodeDecodeError):
+            return False
+        return username == self.username and password == self.password
+
+    # --- resources ----------------------------------------------------------------------
+
+    def _bucket(self, name: str) -> dict[int, dict[str, Any]]:
+        return self._store.setdefault(name, {})
+
+    def _all(self, name: str) -> list[dict[str, Any]]:
+        with self.lock:
+            return copy.deepcopy(list(self._bucket(name).values()))
+
+    def _seed(self, name: str, defaults: dict[str, Any], fields: dict[str, Any]) -> dict[str, Any]:
+        with self.lock:
+            item = {**defaults, **fields}
+            item["id"] = int(item.get("id") or next(self._ids))
+            self._bucket(name)[item["id"]] = item
+            return copy.deepcopy(item)
+
+    def _lister(self, name: str) -> Operation:
+        def list_all(seen: Seen, path: dict[str, str]) -> tuple[int, Any]:
+            return 200, copy.deepcopy(list(self._bucket(name).values()))
+
+        return list_all
+
+    def _reporter(self, target: str) -> Operation:
+        def create(seen: Seen, path: dict[str, str]) -> tuple[int, Any]:
+            body = _json_object(seen.body)
+            wrapper = f"{target}_report"
+            if set(body) != {wrapper} or not isinstance(body[wrapper], dict):
+                raise Unprocessable(wrapper, f"the body must be {{\"{wrapper}\": {{...}}}}")
+            report = dict(body[wrapper])
+            ref = report.pop(target, None)
+            if not isinstance(ref, dict) or set(ref) != {"id"} or not _is_int(ref["id"]):
+                raise Unprocessable(target, f"{target} must be {{\"id\": <integer>}}")
+            if ref["id"] not in self._bucket(f"{target}s"):
+                raise Unprocessable(target, f"{target} {ref['id']} does not exist")
+            unknown = sorted(set(report) - REPORT_FIELDS)
+            if unknown:
+                raise Unprocessable(unknown[0], "unknown attribute")
+            _check_date(report, "at", required=True)
+            value = report.get("current_value")
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                raise Unprocessable("current_value", "must be a number")
+            created = {"id": next(self._ids), target: {"id": ref["id"]}, "target_value": None,
+                       "traffic_light": None, "show_in_ogsm": False, "description": None, **report}
+            self._bucket(f"{target}_reports")[created["id"]] = created
+            return 201, copy.deepcopy(created)
+
+        return create
+
+    def _action_fields(self, seen: Seen, *, creating: bool) -> dict[str, Any]:
+        body = _json_object(seen.body)
+        # The action documents say "a JSON encoded action object"; Rails-style wrapping
+        # in {"action": {...}} is what the client sends, and both are accepted.
+        fields = body["action"] if set(body) == {"action"} and isinstance(body["action"], dict) else body
+        unknown = sorted(set(fields) - ACTION_FIELDS)
+        if unknown:
+            raise Unprocessable(unknown[0], "unknown attribute")
+        if (creating or "title" in fields) and (
+                not isinstance(fields.get("title"), str) or not fields["title"].strip()):
+            raise Unprocessable("title", "can't be blank")
+        for name in ("strategies", "ogsm_canvases"):
+            refs = fields.get(name, [])
+            if not isinstance(refs, list) or not all(isinstance(r, dict) and _is_int(r.get("id")) for r in refs):
+                raise Unprocessable(name, "must be a list of {\"id\": <integer>}")
+        for ref in fields.get("strategies", []):
+            if ref["id"] not in self._bucket("strategies"):
+                raise Unprocessable("strategies", f"strategy {ref['id']} does not exist")
+        for name in ("labels", "involved"):
+            named = fields.get(name, [])
+            if not isinstance(named, list) or not all(isinstance(n, dict) and isinstance(n.get("name"), str)
+                                                      for n in named):
+                raise Unprocessable(name, "must be a list of {\"name\": <string>}")
+        for name in ("status", "assignee"):
+            if name in fields and fields[name] is not None and not (
+                    isinstance(fields[name], dict) and isinstance(fields[name].get("name"), str)):
+                raise Unprocessable(name, "must be {\"name\": <string>}")
+        if "progress" in fields and not (_is_int(fields["progress"]) and 0 <= fields["progress"] <= 100):
+            raise Unprocessable("progress", "must be a whole number from 0 to 100")
+        if "archived" in fields and not isinstance(fields["archived"], bool):
+            raise Unprocessable("archived", "must be true or false")
+        _check_date(fields, "start")
+        _check_date(fields, "due")
+        return dict(fields)
+
+    def _create_action(self, seen: Seen, path: dict[str, str]) -> tuple[int, Any]:
+        fields = self._action_fields(seen, creating=True)
+        created = {"id": next(self._ids), "labels": [], "strategies": [], "description": None, "assignee": None,
+                   "involved": [], "start": None, "due": None, "status": None, "ogsm_canvases": [],
+                   "traffic_light": None, "progress": 0, "archived": False, **fields}
+        self._bucket("actions")[created["id"]] = created
+        return 201, copy.deepcopy(created)
+
+    def _update_action(self, seen: Seen, path: dict[str, str]) -> tuple[int, Any]:
+        action = self._bucket("actions")[_path_id(path)]
+        action.update(self._action_fields(seen, creating=False))
+        return 200, copy.deepcopy(action)
+
+    def _delete_action(self, seen: Seen, path: dict[str, str]) -> tuple[int, Any]:
+        return 200, self._bucket("actions").pop(_path_id(path))
+
+
+def _path_id(path: dict[str, str]) -> int:
+    try:
+        return int(path["id"])
+    except ValueError:
+        raise KeyError(path["id"]) from None
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _json_object(body: bytes) -> dict[str, Any]:
+    try:
+        value = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        raise Unprocessable("body", "is not valid JSON") from None
+    if not isinstance(value, dict):
+        raise Unprocessable("body", "must be a JSON object")
+    return value
+
+
+def _check_date(fields: dict[str, Any], name: str, *, required: bool = False) -> None:
+    value = fields.get(name)
+    if value is None and not required:
+        return
+    try:
+        if not isinstance(value, str) or len(value) != 10:
+            raise ValueError
+        date.fromisoformat(value)
+    except ValueError:
+        raise Unprocessable(name, "must be a date as YYYY-MM-DD") from None

@@ -1,0 +1,225 @@
+"""What the fake Osma and OGSM servers share: a record of every request, failures a
+test asks for, per-second request counts, and serving on a loopback port.
+
+Tests talk to a fake through its Python methods (`fail`, `slow`, `requests`, seeding)
+from the test's thread while uvicorn serves it from another, so state sits behind a lock.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fnmatch
+import itertools
+import threading
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any, Self
+
+import orjson
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
+
+from .server import LiveServer
+
+Handler = Callable[[Request, Any], Awaitable[Response]]
+
+
+@dataclass(frozen=True)
+class RecordedRequest:
+    """One request as the fake saw it, with the status it answered."""
+
+    method: str
+    path: str
+    endpoint: str
+    query: dict[str, str]
+    headers: dict[str, str]
+    body: bytes
+    status: int
+    at: float
+
+    @property
+    def json(self) -> Any:
+        return orjson.loads(self.body) if self.body else None
+
+
+@dataclass
+class Fault:
+    """A failure to inject into the next `times` matching requests.
+
+    `status` answers without doing anything (a 503, a 429 with `retry_after`, a 400 with
+    `body`), or with `after` does the work first and then answers `status` (the effect
+    happens, the answer is lost). `delay` waits that long before handling, or with
+    `after` once the work is done (the answer comes late: a client timeout loses it).
+    """
+
+    times: float
+    method: str | None = None
+    path: str | None = None
+    status: int | None = None
+    retry_after: str | None = None
+    body: Any = None
+    delay: float = 0.0
+    after: bool = False
+
+    def matches(self, method: str, path: str) -> bool:
+        if self.method is not None and self.method.upper() != method:
+            return False
+        return self.path is None or fnmatch.fnmatchcase(path, self.path)
+
+
+@dataclass
+class Seen:
+    """What `record` needs from a request once it is answered."""
+
+    method: str
+    path: str
+    endpoint: str
+    query: dict[str, str]
+    headers: dict[str, str]
+    body: bytes
+    generation: int
+    at: float = field(default_factory=time.time)
+
+
+class FakeService:
+    """Base of the fakes: recording, faults, serving. Subclasses add `routes()`."""
+
+    name = "fake"
+
+    def __init__(self) -> None:
+        self.lock = threading.RLock()
+        self._requests: list[RecordedRequest] = []
+        self._faults: list[Fault] = []
+        self._request_ids = itertools.count(1)
+        self._generation = 0  # bumped by reset(): a late answer of an earlier test is not recorded
+        self._server: LiveServer | None = None
+        self.app = Starlette(routes=self.routes())
+
+    def routes(self) -> list[Any]:
+        raise NotImplementedError
+
+    # --- serving ------------------------------------------------------------------------
+
+    def start(self) -> Self:
+        """Serve on a free loopback port (real uvicorn, in a thread)."""
+        self._server = LiveServer(self.app).start()
+        return self
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.stop()
+            self._server = None
+
+    @property
+    def url(self) -> str:
+        if self._server is None:
+            raise RuntimeError(f"the {self.name} is not started: call start()")
+        return self._server.url
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    # --- what tests ask for -------------------------------------------------------------
+
+    def fail(self, status: int = 503, *, times: float = 1, method: str | None = None, path: str | None = None,
+             retry_after: float | str | None = None, body: Any = None, after: bool = False) -> None:
+        """Answer the next `times` matching requests with `status` (`float("inf")`: always);
+        with `after=True` the request is carried out first (its answer is what fails).
+
+        `path` is a glob on the request path, e.g. `"/api/v2/indicator_reports.json"`.
+        """
+        with self.lock:
+            self._faults.append(Fault(times=times, method=method, path=path, status=status, after=after,
+                                      retry_after=None if retry_after is None else str(retry_after), body=body))
+
+    def slow(self, seconds: float, *, times: float = 1, after: bool = False, method: str | None = None,
+             path: str | None = None) -> None:
+        """Delay the next `times` matching answers; `after=True` does the work first."""
+        with self.lock:
+            self._faults.append(Fault(times=times, method=method, path=path, delay=seconds, after=after))
+
+    def heal(self) -> None:
+        """Forget every fault not yet used."""
+        with self.lock:
+            self._faults.clear()
+
+    def reset(self) -> None:
+        """Forget requests and faults (subclasses also forget their resources)."""
+        with self.lock:
+            self._requests.clear()
+            self._faults.clear()
+            self._generation += 1
+
+    @property
+    def requests(self) -> list[RecordedRequest]:
+        with self.lock:
+            return list(self._requests)
+
+    def requests_to(self, method: str, path: str = "*") -> list[RecordedRequest]:
+        """The recorded requests of `method` whose path matches the glob `path`."""
+        return [r for r in self.requests if r.method == method.upper() and fnmatch.fnmatchcase(r.path, path)]
+
+    def max_per_second(self, endpoint: str | None = None, window: float = 1.0) -> int:
+        """The most requests (to `endpoint`, or any) that arrived within any `window` seconds."""
+        times = sorted(r.at for r in self.requests if endpoint is None or r.endpoint == endpoint)
+        best, start = 0, 0
+        for end, moment in enumerate(times):
+            while moment - times[start] >= window:
+                start += 1
+            best = max(best, end - start + 1)
+        return best
+
+    # --- used by subclasses -------------------------------------------------------------
+
+    def next_request_id(self) -> str:
+        with self.lock:
+            return f"req_fake_{next(self._request_ids):06d}"
+
+    def take_fault(self, method: str, path: str) -> Fault | None:
+        with self.lock:
+            for fault in self._faults:
+                if fault.matches(method, path):
+                    fault.times -= 1
+                    if fault.times <= 0:
+                        self._faults.remove(fault)
+                    return fault
+        return None
+
+    async def seen(self, request: Request, endpoint: str) -> Seen:
+        return Seen(request.method, request.url.path, endpoint, dict(request.query_params),
+                    {k.lower(): v for k, v in request.headers.items()}, await request.body(), self._generation)
+
+    def record(self, seen: Seen, status: int) -> None:
+        with self.lock:
+            if seen.generation != self._generation:
+                return
+            self._requests.append(RecordedRequest(seen.method, seen.path, seen.endpoint, seen.query,
+                                                  seen.headers, seen.body, status, seen.at))
+
+    async def run(self, request: Request, endpoint: str, handle: Callable[[Seen], Response],
+                  fault_response: Callable[[Fault], Response]) -> Response:
+        """Record the request, apply a matching fault, else let `handle` answer."""
+        seen = await self.seen(request, endpoint)
+        fault = self.take_fault(seen.method, seen.path)
+        if fault is None:
+            response = handle(seen)
+        else:
+            if fault.delay and not fault.after:
+                await asyncio.sleep(fault.delay)
+            if fault.status is None or fault.after:
+                response = handle(seen)
+            if fault.status is not None:
+                response = fault_response(fault)
+            if fault.delay and fault.after:
+                await asyncio.sleep(fault.delay)
+        self.record(seen, response.status_code)
+        return response
+
+
+def json_response(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+    return Response(orjson.dumps(body), status_code=status, headers=headers, media_type="application/json")

@@ -1,0 +1,207 @@
+"""pytest fixtures for handler authors (entry point `pytest11`: `osma_router`), active
+wherever osma-router is installed.
+
+- `fake_osma`, `fake_ogsm`: the fake servers (`FakeOsma`, `FakeOgsm`), serving on
+  loopback ports for the whole session and emptied before each test.
+- `osma_router_redis`: a Redis client on a `redis-server` of the session's own,
+  emptied before each test.
+- `osma_router_routes`: the routes file's text for the test (override it).
+- `osma_router_handlers`: extra `HandlerGroup`s to register without an entry point.
+- `osma_router_env`: the `OSMA_ROUTER_*` environment that points at all of the above.
+- `osma_router`: a live receiver (real uvicorn) with those settings and routes.
+- `deliver(event)`: signs the event, POSTs it to that receiver, and drains the queues
+  with a burst worker in this process; returns the receiver's response.
+
+```python
+import pytest
+
+@pytest.fixture
+def osma_router_routes():
+    return '[[routes]]\\non = "task.completed"\\nhandler = "ogsm.indicator_report"\\nindicator_id = 456\\n'
+
+def test_posts_a_measurement(deliver, fake_ogsm):
+    fake_ogsm.add_indicator(id=456)
+    deliver(task_event("task.completed", {"id": "task_1", "template": "bp"}))
+    assert [r["current_value"] for r in fake_ogsm.indicator_reports(456)] == [1]
+```
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import time
+from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import httpx
+import orjson
+import pytest
+from redis import Redis
+
+from ..app import build_state, create_app
+from ..execution import WorkerRuntime
+from ..plugins import HandlerGroup, HandlerRegistry
+from ..redis_server import RedisServer, find_redis_server
+from ..routes import load_config
+from ..settings import Settings
+from ..signature import sign
+from ..worker import run_worker
+from .fake_ogsm import FakeOgsm
+from .fake_osma import TEST_KEY, FakeOsma
+from .server import LiveServer
+
+SECRET = "whsec_osma_router_pytest"
+_ids = itertools.count(1)
+
+
+def task_event(event_type: str = "task.completed", obj: Mapping[str, Any] | None = None, *,
+               event_id: str | None = None, created_at: str | None = None) -> dict[str, Any]:
+    """An Osma event envelope about a task (`obj` is `data.object`)."""
+    return {
+        "id": event_id or f"evt_pytest_{os.getpid()}_{next(_ids)}",
+        "object": "event",
+        "type": event_type,
+        "created_at": created_at or time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime()),
+        "live_mode": False,
+        "data": {"object": dict(obj) if obj is not None else {"id": f"task_pytest_{next(_ids)}",
+                                                               "object": "task", "template": "example"}},
+    }
+
+
+def signed_headers(body: bytes, secret: str = SECRET) -> dict[str, str]:
+    return {"content-type": "application/json", "osma-signature": sign(body, secret, int(time.time()))}
+
+
+class RouterUnderTest:
+    """A receiver serving real HTTP on a loopback port, and a way to run its jobs."""
+
+    def __init__(self, settings: Settings, registry: HandlerRegistry) -> None:
+        self.settings = settings
+        self.registry = registry
+        config = load_config(settings.config_path, registry)
+        self.state = build_state(settings, config=config, registry=registry)
+        self.server = LiveServer(create_app(self.state)).start()
+        self.url = self.server.url
+        self.http = httpx.Client(base_url=self.url, timeout=10)
+        self.queues = [settings.queue_name] + sorted({r.queue for r in config.routes if r.queue})
+
+    def post(self, event: Mapping[str, Any] | bytes, secret: str = SECRET) -> httpx.Response:
+        body = event if isinstance(event, bytes) else orjson.dumps(event)
+        return self.http.post("/webhooks/osma", content=body, headers=signed_headers(body, secret))
+
+    def drain(self) -> None:
+        """Run every queued job with a burst worker in this process."""
+        redis = Redis.from_url(self.settings.require_redis_url())
+        runtime = WorkerRuntime.build(self.settings, redis, self.registry)
+        try:
+            run_worker(runtime, self.queues, burst=True)
+        finally:
+            runtime.upstream.close()
+            redis.close()
+
+    def close(self) -> None:
+        self.http.close()
+        self.server.stop()
+
+
+@pytest.fixture(scope="session")
+def osma_router_redis_server() -> Iterator[RedisServer]:
+    with RedisServer(binary=find_redis_server(prefer_embedded=False)) as server:
+        yield server
+
+
+@pytest.fixture
+def osma_router_redis(osma_router_redis_server: RedisServer) -> Iterator[Redis]:
+    if not osma_router_redis_server.ping():
+        osma_router_redis_server.start()
+    client = Redis.from_url(osma_router_redis_server.url)
+    client.flushall()
+    yield client
+    client.close()
+
+
+@pytest.fixture(scope="session")
+def osma_router_fake_osma_server() -> Iterator[FakeOsma]:
+    with FakeOsma() as fake:
+        yield fake
+
+
+@pytest.fixture(scope="session")
+def osma_router_fake_ogsm_server() -> Iterator[FakeOgsm]:
+    with FakeOgsm() as fake:
+        yield fake
+
+
+@pytest.fixture
+def fake_osma(osma_router_fake_osma_server: FakeOsma) -> FakeOsma:
+    """The fake Osma API, empty, with no faults pending."""
+    osma_router_fake_osma_server.reset()
+    return osma_router_fake_osma_server
+
+
+@pytest.fixture
+def fake_ogsm(osma_router_fake_ogsm_server: FakeOgsm) -> FakeOgsm:
+    """The fake OGSM API, empty, with no faults pending."""
+    osma_router_fake_ogsm_server.reset()
+    return osma_router_fake_ogsm_server
+
+
+@pytest.fixture
+def osma_router_routes() -> str:
+    """The routes file for the test: override this fixture with your routes (TOML)."""
+    return ""
+
+
+@pytest.fixture
+def osma_router_handlers() -> list[HandlerGroup]:
+    """Handler groups to register besides those found through entry points."""
+    return []
+
+
+@pytest.fixture
+def osma_router_env(osma_router_redis: Redis, osma_router_redis_server: RedisServer, fake_osma: FakeOsma,
+                    fake_ogsm: FakeOgsm, osma_router_routes: str, tmp_path: Path) -> dict[str, str]:
+    """`OSMA_ROUTER_*` settings pointing at the test's Redis, fakes and routes."""
+    env = {
+        "OSMA_ROUTER_REDIS_URL": osma_router_redis_server.url,
+        "OSMA_ROUTER_WEBHOOK_SECRETS": SECRET,
+        "OSMA_ROUTER_OSMA_API_KEY": TEST_KEY,
+        "OSMA_ROUTER_OSMA_BASE_URL": fake_osma.url,
+        "OSMA_ROUTER_OGSM_BASE_URL": fake_ogsm.base_url,
+        "OSMA_ROUTER_OGSM_USERNAME": fake_ogsm.username,
+        "OSMA_ROUTER_OGSM_PASSWORD": fake_ogsm.password,
+        "OSMA_ROUTER_LOG_FORMAT": "console",
+    }
+    if osma_router_routes:
+        path = tmp_path / "osma-router.toml"
+        path.write_text(osma_router_routes)
+        env["OSMA_ROUTER_CONFIG"] = str(path)
+    return env
+
+
+@pytest.fixture
+def osma_router(osma_router_env: dict[str, str], osma_router_handlers: list[HandlerGroup]) -> Iterator[RouterUnderTest]:
+    """A live receiver with the test's settings and routes."""
+    registry = HandlerRegistry.discover()
+    for group in osma_router_handlers:
+        registry.add(group)
+    router = RouterUnderTest(Settings.from_env(osma_router_env, env_file=None), registry)
+    yield router
+    router.close()
+
+
+@pytest.fixture
+def deliver(osma_router: RouterUnderTest) -> Callable[..., httpx.Response]:
+    """`deliver(event, drain=True)`: sign and POST an event, then run the jobs it queued."""
+
+    def deliver(event: Mapping[str, Any] | bytes, *, drain: bool = True) -> httpx.Response:
+        response = osma_router.post(event)
+        if response.status_code >= 300:
+            raise AssertionError(f"the receiver answered {response.status_code}: {response.text}")
+        if drain:
+            osma_router.drain()
+        return response
+
+    return deliver
