@@ -103,8 +103,7 @@ class ActionSync:
         return str(from_task) if from_task else None
 
     def effect(self, step: str, **intent: Any) -> Effect:
-        return Effect(self.ctx.idempotency_key(step), intent={"task": self.task_id, **intent},
-                      event_id=self.event.id, label=self.ctx.handler, scope=self.scope)
+        return self.ctx.effect(step, {"task": self.task_id, **intent}, scope=self.scope)
 
     def title(self) -> str:
         for path in self.params.title_from:
@@ -187,7 +186,7 @@ def register(group: HandlerGroup) -> None:
         mark = f"ogsm:action:{sync.params.metadata_key}:{task_id}"
         marks = Watermarks(ctx.redis)
         moment = entity_time(event)
-        with ctx.ledger.locked(mark):
+        with ctx.ledger.locked(mark, owner=ctx.job_id):
             if marks.behind(mark, moment):
                 ctx.log.info("older than the task state already applied: nothing changed",
                              extra={"reason": "stale"})

@@ -29,7 +29,7 @@ from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 from receiver import Context, Event, HandlerGroup
-from receiver.ledger import Effect, Result
+from receiver.ledger import Result
 from receiver.watermark import Watermarks
 
 PERIODS = ("day", "week", "month", "event")
@@ -116,8 +116,7 @@ def post_measurement(event: Event, ctx: Context, target: str, target_id: int) ->
     scope = f"ogsm:{target}:{target_id}:{at}"
     ledger = ctx.ledger
     marks = Watermarks(ctx.redis)
-    effect_key = ctx.idempotency_key("report")
-    with ledger.locked(scope):  # one measurement of a KPI and date at a time: checks stay true
+    with ledger.locked(scope, owner=ctx.job_id):  # one measurement of a KPI and date at a time: checks stay true
         if params.value == COUNT:
             object_id = event.object.get("id")
             if not isinstance(object_id, (str, int)) or isinstance(object_id, bool) or object_id == "":
@@ -134,9 +133,8 @@ def post_measurement(event: Event, ctx: Context, target: str, target_id: int) ->
             value = found
             order_mark, order = f"{scope}:time", event.occurred_at.timestamp()
 
-        effect = Effect(effect_key, intent={"target": target, "id": target_id, "at": at, "value": value},
-                        event_id=event.id, label=ctx.handler, scope=scope)
-        if ledger.outcome(effect_key) is not None:
+        effect = ctx.effect("report", {"target": target, "id": target_id, "at": at, "value": value}, scope=scope)
+        if ledger.outcome(effect.key) is not None:
             return  # done by an earlier run (a retry, a redelivery, a replay)
         if marks.behind(order_mark, order):
             ledger.skip(effect, "a newer measurement was already posted for this date")

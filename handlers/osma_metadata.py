@@ -87,7 +87,9 @@ def write_task_metadata(ctx: Context, task_id: str, metadata: Mapping[str, Any],
         return {"id": task.get("id") if isinstance(task, dict) else task_id}
 
     # No reconcile needed: Osma answers a repeated idempotency key with its first answer.
-    ctx.ledger.perform(Effect(key, intent={"task": task_id, "keys": sorted(metadata)}), update)
+    # Not indexed under the handler's name: that names the handler's own upstream effect.
+    effect = Effect(key, intent={"task": task_id, "keys": sorted(metadata)}, owner=ctx.job_id)
+    ctx.ledger.perform(effect, update)
 
 
 def resolve(event: Event, ctx: Context, wanted: Mapping[str, Any]) -> dict[str, str]:
@@ -122,12 +124,12 @@ def register(group: HandlerGroup) -> None:
             return
         mark = f"osma:task_metadata:{ctx.route_key}:{task_id}"
         marks = Watermarks(ctx.redis)
-        with ctx.ledger.locked(mark):
+        with ctx.ledger.locked(mark, owner=ctx.job_id):
             if ctx.ledger.outcome(ctx.idempotency_key("metadata")) is not None:
                 return
             moment = entity_time(event)
             if marks.behind(mark, moment):
-                ctx.ledger.skip(Effect(ctx.idempotency_key("metadata")), "a newer event was written back")
+                ctx.ledger.skip(ctx.effect("metadata"), "a newer event was written back")
                 return
             values = resolve(event, ctx, ctx.params.metadata)
             if values:

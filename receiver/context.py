@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
@@ -15,7 +15,7 @@ from redis import Redis
 from .settings import Settings
 
 if TYPE_CHECKING:
-    from .ledger import EffectsLedger
+    from .ledger import Effect, EffectsLedger
     from .ogsm_client import AsyncOgsmClient, OgsmClient
     from .osma_client import AsyncOsmaClient, OsmaClient
     from .upstream import Upstream
@@ -82,6 +82,13 @@ class Context:
     def ledger(self) -> EffectsLedger:
         """The effects ledger (`receiver/ledger.py`)."""
         return self._clients.ledger
+
+    def effect(self, step: str = "main", intent: Mapping[str, Any] | None = None, scope: str = "") -> Effect:
+        """This job's effect named `step`, for `ctx.ledger.perform` (see `receiver/ledger.py`)."""
+        from .ledger import Effect
+
+        return Effect(self.idempotency_key(step), intent=dict(intent or {}), event_id=self.event_id,
+                      label=self.handler, scope=scope, owner=self.job_id)
 
     def now(self) -> datetime:
         return self.clock()

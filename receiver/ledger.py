@@ -16,8 +16,7 @@ resource. A lock per effect keeps two workers from performing one effect at once
 
 ```python
 outcome = ctx.ledger.perform(
-    Effect(ctx.idempotency_key("report"), intent={"value": 3}, event_id=event.id, label=ctx.handler,
-           scope="ogsm:indicator:456:2024-10-01"),
+    ctx.effect("report", intent={"value": 3}, scope="ogsm:indicator:456:2024-10-01"),
     act=lambda: {"id": ogsm.indicator_reports.create(456, "2024-10-01", 3)["id"], "value": 3},
     reconcile=lambda intent, claimed: find_report(intent, claimed),
 )
@@ -27,6 +26,7 @@ outcome = ctx.ledger.perform(
 from __future__ import annotations
 
 import time
+import uuid
 from collections.abc import Callable, Collection, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -34,14 +34,27 @@ from typing import Any
 
 import orjson
 from redis import Redis
-from redis.exceptions import LockError
 
 from .exceptions import HandlerError
 
 RETENTION = 90 * 24 * 3600  # seconds the ledger, counts and watermarks are kept after a write
-LOCK_TTL = 120  # seconds; longer than one upstream call with its timeouts
+LOCK_TTL = 60  # seconds; longer than the upstream calls made under one lock
 LOCK_WAIT = 15.0
 PREFIX = "osma_router:"
+
+# A lock is free, or held by the same owner (a rerun of a job whose worker died).
+_TAKE = """
+local holder = redis.call('GET', KEYS[1])
+if holder == false or holder == ARGV[1] then
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+  return 1
+end
+return 0
+"""
+_RELEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end
+return 1
+"""
 
 Result = dict[str, Any]
 Reconcile = Callable[[Mapping[str, Any], Collection[str]], Result | None]
@@ -50,13 +63,15 @@ Reconcile = Callable[[Mapping[str, Any], Collection[str]], Result | None]
 @dataclass(frozen=True)
 class Effect:
     """One upstream effect: its stable `key`, what it is about to do (`intent`: JSON, no
-    member data), and where its outcome is indexed (`event_id` + `label`, `scope`)."""
+    member data), where its outcome is indexed (`event_id` + `label`, `scope`), and the
+    job performing it (`owner`). `ctx.effect(step, ...)` fills these in for a handler."""
 
     key: str
     intent: Mapping[str, Any] = field(default_factory=dict)
     event_id: str = ""
     label: str = ""
     scope: str = ""
+    owner: str = ""
 
 
 @dataclass(frozen=True)
@@ -83,6 +98,8 @@ class EffectsLedger:
         self.retention = retention
         self.lock_ttl = lock_ttl
         self.lock_wait = lock_wait
+        self._take = redis.register_script(_TAKE)
+        self._release = redis.register_script(_RELEASE)
 
     @staticmethod
     def _key(effect_key: str) -> str:
@@ -117,24 +134,28 @@ class EffectsLedger:
         return {_text(member) for member in self.redis.smembers(self._claims_key(scope))} if scope else set()
 
     @contextmanager
-    def locked(self, name: str, *, ttl: int | None = None, wait: float | None = None) -> Iterator[None]:
-        """Hold a Redis lock named `name`; a worker that cannot get it in time retries its job."""
-        lock = self.redis.lock(f"{PREFIX}lock:{name}", timeout=ttl or self.lock_ttl,
-                               blocking_timeout=self.lock_wait if wait is None else wait)
-        if not lock.acquire():
-            raise HandlerError(f"another worker holds the lock on {name}; trying again later")
+    def locked(self, name: str, *, owner: str = "", wait: float | None = None) -> Iterator[None]:
+        """Hold the Redis lock `name`; a job that cannot get it in time is retried later.
+
+        `owner` is the job id: a rerun of a job whose worker died takes over the locks
+        that job still held instead of waiting for them to expire.
+        """
+        key = f"{PREFIX}lock:{name}"
+        token = owner or uuid.uuid4().hex
+        deadline = time.monotonic() + (self.lock_wait if wait is None else wait)
+        while not self._take(keys=[key], args=[token, int(self.lock_ttl * 1000)]):
+            if time.monotonic() >= deadline:
+                raise HandlerError(f"another worker holds the lock on {name}; trying again later")
+            time.sleep(0.02)
         try:
             yield
         finally:
-            try:
-                lock.release()
-            except LockError:  # it expired while we worked: nothing left to release
-                pass
+            self._release(keys=[key], args=[token])
 
     def perform(self, effect: Effect, act: Callable[[], Result], *,
                 reconcile: Reconcile | None = None) -> Outcome:
         """Make the effect happen once; see the module docstring."""
-        with self.locked(f"effect:{effect.key}"):
+        with self.locked(f"effect:{effect.key}", owner=effect.owner):
             key = self._key(effect.key)
             state, intent = self.redis.hmget(key, ["state", "intent"])
             if state in (b"done", b"skipped"):

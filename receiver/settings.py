@@ -59,6 +59,7 @@ class Settings:
     osma_api_key: Secret | None = None
     osma_base_url: str = "https://api.osma.com"
     osma_api_version: str = DEFAULT_OSMA_API_VERSION
+    heartbeat_ttl: int = 30
     ogsm_base_url: str | None = None
     ogsm_username: str | None = None
     ogsm_password: Secret | None = None
@@ -106,6 +107,7 @@ class Settings:
             "osma_api_key": mask(self.osma_api_key),
             "osma_base_url": self.osma_base_url,
             "osma_api_version": self.osma_api_version,
+            "heartbeat_ttl": f"{self.heartbeat_ttl} s",
             "ogsm_base_url": self.ogsm_base_url or "-",
             "ogsm_username": self.ogsm_username or "-",
             "ogsm_password": mask(self.ogsm_password),
@@ -158,6 +160,7 @@ def _parse(env: Mapping[str, str]) -> Settings:
         raise ConfigError(
             f"{PREFIX}OSMA_API_VERSION must be an ISO 8601 date like 2022-05-22, got {osma_version!r}"
         ) from None
+    heartbeat_ttl = _integer("HEARTBEAT_TTL", get("HEARTBEAT_TTL"), 30, minimum=3)
     ogsm_base = get("OGSM_BASE_URL")
     if ogsm_base is not None:
         ogsm_base = _base_url("OGSM_BASE_URL", ogsm_base)
@@ -205,6 +208,7 @@ def _parse(env: Mapping[str, str]) -> Settings:
         osma_api_key=Secret(osma_key) if osma_key else None,
         osma_base_url=osma_base,
         osma_api_version=osma_version,
+        heartbeat_ttl=heartbeat_ttl,
         ogsm_base_url=ogsm_base,
         ogsm_username=get("OGSM_USERNAME"),
         ogsm_password=Secret(ogsm_password) if ogsm_password else None,

@@ -21,23 +21,24 @@ from .metrics import JOB_COUNTS_KEY, job_count_field
 log = logging.getLogger("osma_router.worker")
 
 # An execution whose heartbeat is older than this is abandoned; maintenance then
-# retries it. HEARTBEAT_TTL + MAINTENANCE_INTERVAL stays under the 60 s promise.
+# retries it. The heartbeat TTL plus the maintenance interval (half of it) stays under
+# the 60 s promise. OSMA_ROUTER_HEARTBEAT_TTL scales them all (tests that kill workers).
 HEARTBEAT_TTL = 30
-HEARTBEAT_EVERY = 10
-MAINTENANCE_INTERVAL = 15
-WORKER_TTL = 35
 
 
 class RouterWorker(SimpleWorker):
     """A `SimpleWorker` that runs osma-router jobs; see the module docstring."""
 
-    def __init__(self, queues: Sequence[str], connection: Redis, **kwargs: Any) -> None:
+    def __init__(self, queues: Sequence[str], connection: Redis, *, heartbeat_ttl: int = HEARTBEAT_TTL,
+                 **kwargs: Any) -> None:
+        self.heartbeat_ttl = heartbeat_ttl
+        self.heartbeat_every = max(1, heartbeat_ttl // 3)
         super().__init__(
             list(queues),
             connection=connection,
             serializer=JSONSerializer,
-            maintenance_interval=MAINTENANCE_INTERVAL,
-            worker_ttl=WORKER_TTL,
+            maintenance_interval=max(1, heartbeat_ttl // 2),
+            worker_ttl=heartbeat_ttl + 5,
             log_job_description=False,
             **kwargs,
         )
@@ -48,7 +49,7 @@ class RouterWorker(SimpleWorker):
         self._beater: threading.Thread | None = None
 
     def get_heartbeat_ttl(self, job: Job, working_time: float = 0.0) -> int:
-        return HEARTBEAT_TTL
+        return self.heartbeat_ttl
 
     def execute_job(self, job: Job, queue: Queue) -> None:
         execution = self.prepare_execution(job)
@@ -72,7 +73,7 @@ class RouterWorker(SimpleWorker):
         self._stop_beating.set()
 
     def _beat(self) -> None:
-        while not self._stop_beating.wait(HEARTBEAT_EVERY):
+        while not self._stop_beating.wait(self.heartbeat_every):
             with self._beat_lock:
                 if self._running is None:
                     continue
@@ -148,7 +149,7 @@ def _event_of(job: Job) -> str | None:
 
 def run_worker(runtime: WorkerRuntime, queues: Sequence[str], *, burst: bool = False) -> bool:
     WorkerRuntime.install(runtime)
-    worker = RouterWorker(queues, connection=runtime.redis)
+    worker = RouterWorker(queues, connection=runtime.redis, heartbeat_ttl=runtime.settings.heartbeat_ttl)
     try:
         return bool(worker.work(burst=burst, with_scheduler=True, logging_level="WARNING"))
     finally:
