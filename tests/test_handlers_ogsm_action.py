@@ -10,7 +10,7 @@ from receiver.dedup import dedup_key
 from receiver.exceptions import ConfigError
 from receiver.plugins import HandlerRegistry
 from receiver.routes import parse_config
-from receiver.testing.pytest_plugin import task_event
+from receiver.testing import task_event
 
 ACTION = """
 [[routes]]

@@ -11,7 +11,7 @@ from receiver.exceptions import ConfigError
 from receiver.failed import FailedJobs
 from receiver.plugins import HandlerRegistry
 from receiver.routes import parse_config
-from receiver.testing.pytest_plugin import task_event
+from receiver.testing import task_event
 
 COUNT_MONTH = """
 [[routes]]

@@ -14,6 +14,7 @@ wherever osma-router is installed.
 
 ```python
 import pytest
+from receiver.testing import task_event
 
 @pytest.fixture
 def osma_router_routes():
@@ -28,8 +29,6 @@ def test_posts_a_measurement(deliver, fake_ogsm):
 
 from __future__ import annotations
 
-import itertools
-import os
 import time
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
@@ -53,21 +52,6 @@ from .fake_osma import TEST_KEY, FakeOsma
 from .server import LiveServer
 
 SECRET = "whsec_osma_router_pytest"
-_ids = itertools.count(1)
-
-
-def task_event(event_type: str = "task.completed", obj: Mapping[str, Any] | None = None, *,
-               event_id: str | None = None, created_at: str | None = None) -> dict[str, Any]:
-    """An Osma event envelope about a task (`obj` is `data.object`)."""
-    return {
-        "id": event_id or f"evt_pytest_{os.getpid()}_{next(_ids)}",
-        "object": "event",
-        "type": event_type,
-        "created_at": created_at or time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime()),
-        "live_mode": False,
-        "data": {"object": dict(obj) if obj is not None else {"id": f"task_pytest_{next(_ids)}",
-                                                               "object": "task", "template": "example"}},
-    }
 
 
 def signed_headers(body: bytes, secret: str = SECRET) -> dict[str, str]:
