@@ -24,7 +24,6 @@ from datetime import date
 from typing import Any
 
 import orjson
-from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
@@ -52,6 +51,7 @@ class FakeOgsm(FakeService):
     """The fake OGSM API; `base_url` is what `OSMA_ROUTER_OGSM_BASE_URL` should be."""
 
     name = "fake OGSM"
+    prefix = PREFIX
 
     def __init__(self, username: str = USERNAME, password: str = PASSWORD) -> None:
         self.username = username
@@ -65,14 +65,14 @@ class FakeOgsm(FakeService):
         return self.url + PREFIX
 
     def routes(self) -> list[Route]:
-        routes = [self._route(f"/{name}.json", GET=self._lister(name))
+        routes = [self.route(f"/{name}.json", GET=self._lister(name))
                   for name in ("objectives", "goals", "strategies", "indicators")]
         return routes + [
-            self._route("/goal_reports.json", GET=self._lister("goal_reports"), POST=self._reporter("goal")),
-            self._route("/indicator_reports.json", GET=self._lister("indicator_reports"),
+            self.route("/goal_reports.json", GET=self._lister("goal_reports"), POST=self._reporter("goal")),
+            self.route("/indicator_reports.json", GET=self._lister("indicator_reports"),
                         POST=self._reporter("indicator")),
-            self._route("/actions.json", GET=self._lister("actions"), POST=self._create_action),
-            self._route("/actions/{id}.json", PATCH=self._update_action, DELETE=self._delete_action),
+            self.route("/actions.json", GET=self._lister("actions"), POST=self._create_action),
+            self.route("/actions/{id}.json", PATCH=self._update_action, DELETE=self._delete_action),
         ]
 
     # --- seeding and reading, for tests -------------------------------------------------
@@ -110,25 +110,14 @@ class FakeOgsm(FakeService):
 
     # --- HTTP ---------------------------------------------------------------------------
 
-    def _route(self, path: str, **by_method: Operation) -> Route:
-        endpoint_path = path.replace("{id}", ":id")
-
-        async def endpoint(request: Request) -> Response:
-            def handle(seen: Seen) -> Response:
-                return self._answer(seen, request.path_params, by_method[request.method])
-
-            return await self.run(request, f"{request.method} {endpoint_path}", handle, self._fault_response)
-
-        return Route(PREFIX + path, endpoint, methods=list(by_method))
-
-    def _fault_response(self, fault: Fault) -> Response:
+    def fault_response(self, fault: Fault) -> Response:
         headers = {"x-request-id": self.next_request_id()}
         if fault.retry_after is not None:
             headers["retry-after"] = fault.retry_after
         body = fault.body if fault.body is not None else {"error": f"injected {fault.status}"}
         return json_response(body, fault.status or 503, headers)
 
-    def _answer(self, seen: Seen, path: dict[str, str], operation: Operation) -> Response:
+    def answer(self, seen: Seen, path: str, path_params: dict[str, str], operation: Operation) -> Response:
         headers = {"x-request-id": self.next_request_id()}
         if not self._authorized(seen.headers.get("authorization", "")):
             return json_response({"error": "unauthorized"}, 401,
@@ -139,7 +128,7 @@ class FakeOgsm(FakeService):
                 return json_response({"error": "send JSON with Content-Type: application/json"}, 415, headers)
         try:
             with self.lock:
-                status, body = operation(seen, path)
+                status, body = operation(seen, path_params)
         except Unprocessable as exc:
             return json_response({"errors": {exc.field: [str(exc)]}}, 422, headers)
         except KeyError:

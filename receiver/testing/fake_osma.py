@@ -22,7 +22,6 @@ from datetime import UTC, date, datetime
 from typing import Any
 
 import orjson
-from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
@@ -77,13 +76,13 @@ class FakeOsma(FakeService):
 
     def routes(self) -> list[Route]:
         return [
-            self._route("/tasks", GET=self._list, POST=self._create),
-            self._route("/tasks/{id}", GET=self._get, POST=self._update, DELETE=self._delete),
-            self._route("/members", GET=self._list, POST=self._create),
-            self._route("/members/{id}", GET=self._get, POST=self._update, DELETE=self._delete),
-            self._route("/users", GET=self._list),
-            self._route("/users/{id}", GET=self._get),
-            self._route("/files/{id}", GET=self._get),
+            self.route("/tasks", GET=self._list, POST=self._create),
+            self.route("/tasks/{id}", GET=self._get, POST=self._update, DELETE=self._delete),
+            self.route("/members", GET=self._list, POST=self._create),
+            self.route("/members/{id}", GET=self._get, POST=self._update, DELETE=self._delete),
+            self.route("/users", GET=self._list),
+            self.route("/users/{id}", GET=self._get),
+            self.route("/files/{id}", GET=self._get),
         ]
 
     # --- seeding and reading, for tests -------------------------------------------------
@@ -124,19 +123,7 @@ class FakeOsma(FakeService):
 
     # --- HTTP ---------------------------------------------------------------------------
 
-    def _route(self, path: str, **by_method: Operation) -> Route:
-        endpoint_path = path.replace("{id}", ":id")
-        resource = path.split("/")[1]
-
-        async def endpoint(request: Request) -> Response:
-            def handle(seen: Seen) -> Response:
-                return self._answer(seen, resource, request.path_params, by_method[request.method])
-
-            return await self.run(request, f"{request.method} {endpoint_path}", handle, self._fault_response)
-
-        return Route(path, endpoint, methods=list(by_method))
-
-    def _fault_response(self, fault: Fault) -> Response:
+    def fault_response(self, fault: Fault) -> Response:
         headers = {"request-id": self.next_request_id()}
         if fault.retry_after is not None:
             headers["retry-after"] = fault.retry_after
@@ -149,8 +136,8 @@ class FakeOsma(FakeService):
                 body["status_code"] = 429
         return json_response(body, status, headers)
 
-    def _answer(self, seen: Seen, resource: str, path_params: dict[str, str],
-                method: Operation) -> Response:
+    def answer(self, seen: Seen, path: str, path_params: dict[str, str], operation: Operation) -> Response:
+        resource = path.split("/")[1]
         headers = {"request-id": self.next_request_id()}
         try:
             key = seen.headers.get("osma-api-key", "")
@@ -169,9 +156,9 @@ class FakeOsma(FakeService):
             self._count(mode, seen.endpoint)
             with self.lock:
                 if seen.method == "POST":
-                    return self._idempotent(key, seen, lambda: method(resource, mode, seen, path_params),
+                    return self._idempotent(key, seen, lambda: operation(resource, mode, seen, path_params),
                                             headers)
-                status, body = method(resource, mode, seen, path_params)
+                status, body = operation(resource, mode, seen, path_params)
         except OsmaError as exc:
             if exc.status == 429:
                 headers["retry-after"] = "1"

@@ -20,6 +20,7 @@ import orjson
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
+from starlette.routing import Route
 
 from .server import LiveServer
 
@@ -87,6 +88,7 @@ class FakeService:
     """Base of the fakes: recording, faults, serving. Subclasses add `routes()`."""
 
     name = "fake"
+    prefix = ""  # of every route's path
 
     def __init__(self) -> None:
         self.lock = threading.RLock()
@@ -201,8 +203,27 @@ class FakeService:
             self._requests.append(RecordedRequest(seen.method, seen.path, seen.endpoint, seen.query,
                                                   seen.headers, seen.body, status, seen.at))
 
-    async def run(self, request: Request, endpoint: str, handle: Callable[[Seen], Response],
-                  fault_response: Callable[[Fault], Response]) -> Response:
+    def route(self, path: str, **by_method: Any) -> Route:
+        """A route under `prefix` whose requests are recorded, may meet a fault, and are
+        otherwise answered by `answer` with the operation given for their method."""
+        endpoint = f"{{method}} {path.replace('{id}', ':id')}"
+
+        async def serve(request: Request) -> Response:
+            operation = by_method[request.method]
+            return await self.run(request, endpoint.format(method=request.method),
+                                  lambda seen: self.answer(seen, path, request.path_params, operation))
+
+        return Route(self.prefix + path, serve, methods=list(by_method))
+
+    def answer(self, seen: Seen, path: str, path_params: dict[str, str], operation: Any) -> Response:
+        """Carry out `operation` for a request that met no fault (checks first: auth, ...)."""
+        raise NotImplementedError
+
+    def fault_response(self, fault: Fault) -> Response:
+        """The answer to a request that met a fault with a `status`."""
+        raise NotImplementedError
+
+    async def run(self, request: Request, endpoint: str, handle: Callable[[Seen], Response]) -> Response:
         """Record the request, apply a matching fault, else let `handle` answer."""
         seen = await self.seen(request, endpoint)
         fault = self.take_fault(seen.method, seen.path)
@@ -214,7 +235,7 @@ class FakeService:
             if fault.status is None or fault.after:
                 response = handle(seen)
             if fault.status is not None:
-                response = fault_response(fault)
+                response = self.fault_response(fault)
             if fault.delay and fault.after:
                 await asyncio.sleep(fault.delay)
         self.record(seen, response.status_code)
