@@ -24,6 +24,7 @@ a smaller count, or the value of an event older than the last one applied, posts
 from __future__ import annotations
 
 import math
+from collections.abc import Collection
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
@@ -134,28 +135,32 @@ def post_measurement(event: Event, ctx: Context, target: str, target_id: int) ->
             order_mark, order = f"{scope}:time", event.occurred_at.timestamp()
 
         effect = ctx.effect("report", {"target": target, "id": target_id, "at": at, "value": value}, scope=scope)
-        if ledger.outcome(effect.key) is not None:
-            return  # done by an earlier run (a retry, a redelivery, a replay)
-        if marks.behind(order_mark, order):
-            ledger.skip(effect, "a newer measurement was already posted for this date")
-            ctx.log.info("older than what is already posted for this date: nothing posted",
-                         extra={"reason": "stale"})
-            return
-        reports = ctx.ogsm.reports(target)
+        outcome = ledger.outcome(effect.key)  # set when an earlier run (retry, redelivery, replay) did it
+        if outcome is None:
+            if marks.behind(order_mark, order):
+                ledger.skip(effect, "a newer measurement was already posted for this date")
+                ctx.log.info("older than what is already posted for this date: nothing posted",
+                             extra={"reason": "stale"})
+                return
+            outcome = ledger.perform(effect, lambda: create(ctx, target, target_id, at, value),
+                                     reconcile=lambda intent, claimed: find(ctx, target, target_id, at, claimed,
+                                                                            intent.get("value")))
+        if outcome.done:  # also after a crash between the outcome and this mark
+            posted = outcome.result.get("value", value)
+            marks.advance(order_mark, float(posted) if params.value == COUNT else order)
 
-        def create() -> Result:
-            report = reports.create(target_id, at, value)
-            return {"id": report.get("id") if isinstance(report, dict) else None, "value": value}
 
-        def reconcile(intent: Any, claimed: Any) -> Result | None:
-            for report in reports.list(target_id, at=at):
-                if report.get("current_value") == intent.get("value") and str(report.get("id")) not in claimed:
-                    return {"id": report.get("id"), "value": intent.get("value")}
-            return None
+def create(ctx: Context, target: str, target_id: int, at: str, value: float) -> Result:
+    report = ctx.ogsm.reports(target).create(target_id, at, value)
+    return {"id": report.get("id") if isinstance(report, dict) else None, "value": value}
 
-        outcome = ledger.perform(effect, create, reconcile=reconcile)
-        posted = outcome.result.get("value", value)
-        marks.advance(order_mark, float(posted) if params.value == COUNT else order)
+
+def find(ctx: Context, target: str, target_id: int, at: str, claimed: Collection[str], value: Any) -> Result | None:
+    """A measurement of that target, date and value that no other effect has claimed."""
+    for report in ctx.ogsm.reports(target).list(target_id, at=at):
+        if report.get("current_value") == value and str(report.get("id")) not in claimed:
+            return {"id": report.get("id"), "value": value}
+    return None
 
 
 def _count(ctx: Context, at: str, object_id: str) -> int:
