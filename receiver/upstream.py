@@ -8,6 +8,7 @@ with a message naming the variables to set).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from redis import Redis
@@ -28,7 +29,7 @@ class Upstream:
         self.redis = redis
         self._made: dict[str, Any] = {}
 
-    def _once(self, name: str, make: Any) -> Any:
+    def _once(self, name: str, make: Callable[[], Any]) -> Any:
         if name not in self._made:
             self._made[name] = make()
         return self._made[name]
