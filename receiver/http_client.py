@@ -93,18 +93,20 @@ class HTTPCore:
         base_url: str,
         headers: Mapping[str, str],
         auth: tuple[str, str] | None = None,
-        timeout: httpx.Timeout | float = DEFAULT_TIMEOUT,
+        timeout: httpx.Timeout | float | None = None,
         limiter: RateLimiter | None = None,
-        max_inline_wait: float = MAX_INLINE_WAIT,
+        max_inline_wait: float | None = None,
         describe_error: ErrorDescriber = describe_plain,
     ) -> None:
         self.upstream = upstream
         self.base_url = base_url.rstrip("/") + "/"
         self.headers = dict(headers)
         self.auth = auth
+        if timeout is None:
+            timeout = DEFAULT_TIMEOUT
         self.timeout = timeout if isinstance(timeout, httpx.Timeout) else httpx.Timeout(timeout)
         self.limiter = limiter
-        self.max_inline_wait = max_inline_wait
+        self.max_inline_wait = MAX_INLINE_WAIT if max_inline_wait is None else max_inline_wait
         self.describe_error = describe_error
 
     def client_options(self) -> dict[str, Any]:

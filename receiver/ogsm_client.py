@@ -155,14 +155,9 @@ def ogsm_core(base_url: str, username: str, password: str, timeout: float | http
               max_inline_wait: float | None) -> HTTPCore:
     if not base_url or not username or not password:
         raise InvalidRequest("the OGSM client needs a base URL, a username and a password")
-    options: dict[str, Any] = {}
-    if timeout is not None:
-        options["timeout"] = timeout
-    if max_inline_wait is not None:
-        options["max_inline_wait"] = max_inline_wait
     return HTTPCore(upstream="ogsm", base_url=base_url, auth=(username, password),
                     headers={"accept": "application/json", "user-agent": "osma-router"},
-                    describe_error=describe_ogsm_error, **options)
+                    timeout=timeout, max_inline_wait=max_inline_wait, describe_error=describe_ogsm_error)
 
 
 class OgsmClient(_OgsmAPI[JSON]):

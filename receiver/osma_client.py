@@ -188,19 +188,15 @@ def osma_core(api_key: str, base_url: str, api_version: str, limiter: RateLimite
               timeout: float | httpx.Timeout | None, max_inline_wait: float | None) -> HTTPCore:
     if not api_key:
         raise InvalidRequest("an Osma API key is needed (sk_live_... or sk_test_...)")
-    options: dict[str, Any] = {}
-    if timeout is not None:
-        options["timeout"] = timeout
-    if max_inline_wait is not None:
-        options["max_inline_wait"] = max_inline_wait
     return HTTPCore(
         upstream="osma",
         base_url=base_url,
         headers={"osma-api-key": api_key, "osma-api-version": api_version, "accept": "application/json",
                  "user-agent": "osma-router"},
         limiter=limiter,
+        timeout=timeout,
+        max_inline_wait=max_inline_wait,
         describe_error=describe_osma_error,
-        **options,
     )
 
 
