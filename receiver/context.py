@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from redis import Redis
 
+from .logs import ContextLogger
 from .settings import Settings
 
 if TYPE_CHECKING:
@@ -46,7 +47,7 @@ class Context:
     attempt: int = 1
     clock: Callable[[], datetime] = field(default=lambda: datetime.now().astimezone())
     log: logging.LoggerAdapter[logging.Logger] = field(
-        default_factory=lambda: logging.LoggerAdapter(logging.getLogger("osma_router.handler"), {})
+        default_factory=lambda: ContextLogger(logging.getLogger("osma_router.handler"), {})
     )
     upstream: Upstream | None = None
 

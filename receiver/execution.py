@@ -17,6 +17,7 @@ from redis import Redis
 from rq.job import Job, get_current_job
 
 from .context import Context
+from .logs import ContextLogger
 from .crypto import Sealer
 from .events import Event, build_event, parse_time
 from .exceptions import ConfigError, PermanentError, RateLimited, is_retryable
@@ -55,7 +56,10 @@ class WorkerRuntime:
 
     @classmethod
     def install(cls, runtime: WorkerRuntime) -> None:
+        from .http_client import record_stats_in
+
         WorkerRuntime._current = runtime
+        record_stats_in(runtime.redis)
 
     @classmethod
     def current(cls) -> WorkerRuntime:
@@ -66,11 +70,13 @@ class WorkerRuntime:
         return WorkerRuntime._current
 
     def open_body(self, spec: Mapping[str, Any]) -> bytes:
-        if "sealed" in spec:
+        if "sealed" in spec or "sealed_line" in spec:
             if self.sealer is None:
                 raise PermanentError(
                     "this job's event is encrypted but OSMA_ROUTER_ENCRYPTION_KEYS is not set on the worker"
                 )
+            if "sealed_line" in spec:  # capture on: the token holds the capture line, body inside
+                return str(orjson.loads(self.sealer.open(spec["sealed_line"]))["body"]).encode("utf-8")
             return self.sealer.open(spec["sealed"])
         return str(spec["body"]).encode("utf-8")
 
@@ -104,7 +110,7 @@ def execute(spec: Mapping[str, Any], runtime: WorkerRuntime | None = None) -> No
             job_id=job.id if job else "",
             attempt=attempt,
             upstream=runtime.upstream,
-            log=logging.LoggerAdapter(
+            log=ContextLogger(
                 logging.getLogger("osma_router.handler"),
                 {"event_id": event.id, "handler": handler.name, "job_id": job.id if job else None},
             ),

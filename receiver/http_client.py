@@ -27,6 +27,7 @@ import httpx
 import orjson
 
 from .exceptions import InvalidRequest, RateLimited, Rejected, Unavailable
+from .metrics import count_rate_limit_wait, count_upstream_call
 from .ratelimit import RateLimiter
 
 log = logging.getLogger("osma_router.upstream")
@@ -83,6 +84,25 @@ def describe_plain(response: httpx.Response) -> str:
     return response.reason_phrase or "error"
 
 
+_stats_redis: Any = None
+
+
+def record_stats_in(redis: Any) -> None:
+    """Count every upstream call and rate wait of this process in Redis, where the
+    receiver's /metrics reads them (`osma_router_upstream_calls_total`, ...)."""
+    global _stats_redis
+    _stats_redis = redis
+
+
+def _count(record: Callable[[], None]) -> None:
+    if _stats_redis is None:
+        return
+    try:
+        record()
+    except Exception:  # metrics must never fail a call
+        log.debug("could not count an upstream call")
+
+
 class HTTPCore:
     """What the sync and async clients of one upstream share: everything but the I/O."""
 
@@ -130,7 +150,10 @@ class HTTPCore:
         )
 
     def rate_wait(self, call: Call) -> float:
-        return self.limiter.reserve(call.endpoint) if self.limiter is not None else 0.0
+        wait = self.limiter.reserve(call.endpoint) if self.limiter is not None else 0.0
+        if wait > 0:
+            _count(lambda: count_rate_limit_wait(_stats_redis, self.upstream, wait))
+        return wait
 
     def transport_failure(self, call: Call, exc: httpx.HTTPError, started: float) -> Unavailable:
         kind = "timed out" if isinstance(exc, httpx.TimeoutException) else "failed"
@@ -160,6 +183,7 @@ class HTTPCore:
         suffix = f" (request-id {request_id})" if request_id else ""
         if status == 429:
             wait = retry_after_seconds(response.headers.get("retry-after"))
+            _count(lambda: count_rate_limit_wait(_stats_redis, self.upstream, wait))
             raise RateLimited(f"{where}: 429 {reason}; retry after {wait:g} s{suffix}",
                               retry_after=wait, status_code=status, body=body)
         if status >= 500 or status in (408, 425):
@@ -170,6 +194,9 @@ class HTTPCore:
 
     def _log(self, call: Call, status: int | None, request_id: str | None, started: float,
              reason: str | None = None) -> None:
+        outcome: int | str = status if status is not None else ("timeout" if reason and "Timeout" in reason
+                                                                  else "error")
+        _count(lambda: count_upstream_call(_stats_redis, self.upstream, outcome))
         # Method and path template only: ids in paths are opaque, payloads never logged.
         log.info(
             "upstream call",

@@ -7,6 +7,8 @@ careless `extra={"event": payload}` cannot leak member or task data into the log
 from __future__ import annotations
 
 import logging
+from collections.abc import MutableMapping
+from typing import Any
 import sys
 from datetime import datetime, timezone
 
@@ -16,6 +18,7 @@ ALLOWED_FIELDS = (
     "request_id", "event_id", "event_type", "source", "outcome", "jobs", "job_id", "handler",
     "route", "attempt", "status", "reason", "error_type", "queue", "duration_ms", "url",
     "upstream", "upstream_request_id", "retry_in", "connector", "records", "worker",
+    "client",
 )
 
 
@@ -49,7 +52,19 @@ class ConsoleFormatter(logging.Formatter):
         return f"{line}  {fields}" if fields else line
 
 
-def configure_logging(log_format: str = "json", level: int = logging.INFO) -> None:
+class ContextLogger(logging.LoggerAdapter):  # type: ignore[type-arg]
+    """A logger carrying ids (event, job, handler) on every line, plus the caller's own
+    `extra=` (the stdlib adapter of Python 3.11 would drop the caller's)."""
+
+    def process(self, msg: Any, kwargs: MutableMapping[str, Any]) -> tuple[Any, MutableMapping[str, Any]]:
+        kwargs["extra"] = {**(self.extra or {}), **kwargs.get("extra", {})}
+        return msg, kwargs
+
+
+def configure_logging(log_format: str = "json", level: int | str = logging.INFO) -> None:
+    """Root logging to stderr in `log_format`; `level` as a number or a name ("debug")."""
+    if isinstance(level, str):
+        level = logging.getLevelName(level.upper())
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter() if log_format == "json" else ConsoleFormatter())
     root = logging.getLogger()
@@ -58,6 +73,8 @@ def configure_logging(log_format: str = "json", level: int = logging.INFO) -> No
     # RQ logs job descriptions and arguments at INFO; ours carry what is needed.
     logging.getLogger("rq").setLevel(logging.WARNING)
     logging.getLogger("rq.worker").setLevel(logging.WARNING)
+    # Our clients log each upstream call with its request-id; httpx's own line repeats it.
+    logging.getLogger("httpx").setLevel(logging.WARNING)
     for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
         logging.getLogger(name).handlers[:] = []
         logging.getLogger(name).propagate = True

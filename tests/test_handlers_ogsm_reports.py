@@ -208,3 +208,10 @@ def test_bad_route_parameters_are_a_config_error_at_start_up(params, message):
     document = tomllib.loads(f'[[routes]]\non = "task.completed"\nhandler = "ogsm.indicator_report"\n{params}\n')
     with pytest.raises(ConfigError, match=message):
         parse_config(document, registry=HandlerRegistry.discover())
+
+
+@pytest.mark.parametrize("osma_router_routes", [COUNT_MONTH])
+def test_upstream_calls_show_in_the_receivers_metrics(deliver, fake_ogsm, osma_router):
+    deliver(completed("task_m"))
+    text = osma_router.http.get("/metrics").text
+    assert 'osma_router_upstream_calls_total{status="201",upstream="ogsm"}' in text
