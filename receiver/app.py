@@ -10,9 +10,9 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from typing import Any
 
@@ -28,12 +28,14 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
+from .capture import CaptureWriter
 from .crypto import Sealer
 from .dedup import Admission, EventStore, Outcome
-from .enqueue import JobBuilder
+from .enqueue import JobBuilder, JobWrite
 from .events import parse_envelope
 from .exceptions import HTTPFacingError
 from .metrics import Metrics
+from .osmos import Connector
 from .plugins import HandlerRegistry
 from .routes import Config, Router, load_config
 from .settings import Settings
@@ -65,7 +67,11 @@ async def send_json(send: Send, status: int, body: bytes, request_id: str) -> No
         {
             "type": "http.response.start",
             "status": status,
-            "headers": [*_JSON_HEADERS, (b"x-request-id", request_id.encode())],
+            "headers": [
+                *_JSON_HEADERS,
+                (b"content-length", b"%d" % len(body)),  # else uvicorn answers chunked
+                (b"x-request-id", request_id.encode()),
+            ],
         }
     )
     await send({"type": "http.response.body", "body": body})
@@ -105,15 +111,39 @@ class Pipeline:
     router: Router
     builder: JobBuilder
     store: EventStore
+    capture: CaptureWriter | None = None
 
-    async def admit(
-        self, source: str, payload: dict[str, Any], body: bytes, received_at: datetime
-    ) -> tuple[Outcome, int]:
+    def jobs_for(
+        self, source: str, payload: dict[str, Any], body: bytes, received_at: datetime,
+        *, replay: bool = False, sealed_line: str | None = None,
+    ) -> list[JobWrite]:
+        """The jobs of one event; a replay pins the handlers' clock to `received_at`."""
         data = payload.get("data")
         obj = data.get("object") if isinstance(data, dict) else None
         routes = self.router.match(payload["type"], obj if isinstance(obj, dict) else {})
-        jobs = self.builder.build(source, payload["id"], payload["type"], body, received_at, routes)
-        outcome = await self.store.admit(Admission(source, payload["id"], jobs))
+        return self.builder.build(source, payload["id"], payload["type"], body, received_at, routes,
+                                  clock="received_at" if replay else None, sealed_line=sealed_line)
+
+    async def admit(
+        self, source: str, payload: dict[str, Any], body: bytes, received_at: datetime,
+        *, headers: Sequence[tuple[bytes, bytes]] | None = None, replay: bool = False,
+        force_tag: str | None = None,
+    ) -> tuple[Outcome, int]:
+        """Store the event and queue its jobs in one step (see dedup.py).
+
+        `headers`: the delivery's, for capture (when on). `replay`: pin the clock; with
+        `force_tag` the jobs run again under ids suffixed with it, even if the id was seen.
+        """
+        capture = None
+        if self.capture is not None and headers is not None:
+            capture = self.capture.write(source, body, received_at, headers)
+        jobs = self.jobs_for(source, payload, body, received_at, replay=replay,
+                             sealed_line=capture.token if capture is not None else None)
+        if force_tag is not None:
+            jobs = [replace(job, job_id=f"{job.job_id}_{force_tag}") for job in jobs]
+        outcome = await self.store.admit(
+            Admission(source, payload["id"], jobs, capture=capture, force=force_tag is not None)
+        )
         return outcome, len(jobs)
 
 
@@ -124,8 +154,12 @@ class OsmaWebhook:
 
     def __init__(self, state: ReceiverState) -> None:
         self.state = state
+        self.latency = state.metrics.delivery_seconds.labels(self.source)
+        self.accepted = state.metrics.deliveries.labels(self.source, "accepted", "")
+        self.duplicates = state.metrics.deliveries.labels(self.source, "duplicate", "")
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        started = time.perf_counter()
         state = self.state
         request_id = (header(scope, b"x-request-id") or os.urandom(8).hex().encode()).decode(
             "latin-1"
@@ -142,7 +176,9 @@ class OsmaWebhook:
             event_id = payload["id"]
             received_at = datetime.fromtimestamp(now, timezone.utc)
             try:
-                outcome, jobs = await state.pipeline.admit(self.source, payload, body, received_at)
+                outcome, jobs = await state.pipeline.admit(
+                    self.source, payload, body, received_at, headers=scope["headers"]
+                )
             except Exception as exc:  # StoreError, connection errors, timeouts: all mean 503
                 log.warning(
                     "could not store the delivery; answering 503 so the sender retries",
@@ -157,25 +193,30 @@ class OsmaWebhook:
             log.info(
                 "delivery rejected",
                 extra={"request_id": request_id, "event_id": event_id, "source": self.source,
-                       "status": exc.status_code, "error_type": exc.error_type},
+                       "status": exc.status_code, "error_type": exc.error_type,
+                       "client": scope["client"][0] if scope.get("client") else None},
             )
+            self.latency.observe(time.perf_counter() - started)
             await send_json(send, exc.status_code, error_body(exc.error_type, exc.message), request_id)
             return
         if outcome is Outcome.ACCEPTED:
-            state.metrics.deliveries.labels(self.source, "accepted", "").inc()
+            self.accepted.inc()
             body_out = orjson.dumps({"status": "accepted", "id": event_id, "jobs": jobs})
             status = 202
         else:
-            state.metrics.deliveries.labels(self.source, "duplicate", "").inc()
+            self.duplicates.inc()
             body_out = orjson.dumps({"status": "duplicate", "id": event_id})
             status = 200
-        if state.log_deliveries:
-            log.info(
+        # One line per stored delivery costs ~15 % of the hot path: DEBUG, while
+        # rejections and failures log at INFO and above. Metrics count every delivery.
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug(
                 "delivery stored",
                 extra={"request_id": request_id, "event_id": event_id, "event_type": payload["type"],
                        "source": self.source, "outcome": outcome.value,
                        "jobs": jobs if outcome is Outcome.ACCEPTED else None},
             )
+        self.latency.observe(time.perf_counter() - started)
         await send_json(send, status, body_out, request_id)
 
 
@@ -188,7 +229,8 @@ class ReceiverState:
     sync_redis: Redis
     metrics: Metrics
     clock: Clock
-    log_deliveries: bool = True
+    log_deliveries: bool = True  # Osmos batches: one INFO line per batch
+    connectors: Mapping[str, Connector] = field(default_factory=dict)
 
 
 def connect_async(url: str) -> AsyncRedis:
@@ -215,25 +257,35 @@ def build_state(
         registry = HandlerRegistry.discover()
     if config is None:
         config = load_config(settings.config_path, registry)
-    sealer = Sealer(settings.encryption_keys) if settings.encryption_keys else None
-    builder = JobBuilder(config.routes, settings.queue_name, sealer)
     redis = connect_async(redis_url)
-    store = EventStore(redis, builder.templates, settings.dedup_ttl)
+    pipeline = build_pipeline(settings, config, redis)
     sync_redis = Redis.from_url(redis_url, socket_timeout=REDIS_TIMEOUT, socket_connect_timeout=REDIS_TIMEOUT)
     metrics = Metrics()
     metrics.add_job_counts(sync_redis)
+    metrics.add_service_state(sync_redis, [settings.queue_name, *(r.queue for r in config.routes if r.queue)])
     return ReceiverState(
         settings=settings,
         verifier=SignatureVerifier(secrets, settings.signature_tolerance),
-        pipeline=Pipeline(Router(config.routes), builder, store),
+        pipeline=pipeline,
         redis=redis,
         sync_redis=sync_redis,
         metrics=metrics,
         clock=clock,
+        connectors=config.connectors,
     )
 
 
+def build_pipeline(settings: Settings, config: Config, redis: AsyncRedis) -> Pipeline:
+    """Routing, job building, storage and capture, as the settings ask (also for replays)."""
+    sealer = Sealer(settings.encryption_keys) if settings.encryption_keys else None
+    builder = JobBuilder(config.routes, settings.queue_name, sealer)
+    store = EventStore(redis, builder.templates, settings.dedup_ttl)
+    return Pipeline(Router(config.routes), builder, store, CaptureWriter.from_settings(settings))
+
+
 def create_app(state: ReceiverState) -> Starlette:
+    from .osmos_ingest import OsmosIngest  # it imports this module's helpers
+
     async def healthz(request: Request) -> Response:
         return JSONResponse({"status": "ok"})
 
@@ -260,6 +312,7 @@ def create_app(state: ReceiverState) -> Starlette:
 
     routes = [
         Route("/webhooks/osma", OsmaWebhook(state), methods=["POST"]),
+        Route("/ingest/osmos/{connector}", OsmosIngest(state), methods=["POST"]),
         Route("/healthz", healthz, methods=["GET"]),
         Route("/readyz", readyz, methods=["GET"]),
         Route("/metrics", metrics, methods=["GET"]),
@@ -280,5 +333,5 @@ def app_from_env() -> Starlette:
     from .logs import configure_logging
 
     settings = Settings.from_env()
-    configure_logging(settings.log_format)
+    configure_logging(settings.log_format, settings.log_level)
     return create_app(build_state(settings))

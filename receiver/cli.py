@@ -4,6 +4,7 @@ naming the variable or file, and exit 1; no tracebacks for things a user can fix
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -100,7 +101,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from .logs import configure_logging
 
     settings = _settings()
-    configure_logging(settings.log_format)
+    configure_logging(settings.log_format, settings.log_level)
     # Check everything here, in one process, so a bad setting is one line, not a
     # traceback from each uvicorn worker.
     state = build_state(settings)
@@ -109,21 +110,49 @@ def cmd_serve(args: argparse.Namespace) -> int:
     for option, path in (("--tls-cert", args.tls_cert), ("--tls-key", args.tls_key)):
         if path is not None and not Path(path).is_file():
             raise ConfigError(f"{option} {path}: no such file")
+    if args.tls_cert is not None:
+        _check_tls_pair(args.tls_cert, args.tls_key)
+    if args.workers < 1:
+        raise ConfigError(f"--workers must be at least 1, got {args.workers}")
     del state
-    uvicorn.run(
-        "receiver.app:app_from_env",
-        factory=True,
-        host=args.host,
-        port=args.port,
-        workers=args.workers,
-        ssl_certfile=args.tls_cert,
-        ssl_keyfile=args.tls_key,
-        access_log=False,
-        log_config=None,
-        proxy_headers=False,
-        timeout_graceful_shutdown=20,
-    )
+    from .metrics import multiprocess_directory
+
+    # uvicorn stops gracefully on SIGTERM, then raises the signal again for the default
+    # action; this handler turns that last step into a clean exit 0.
+    signal.signal(signal.SIGTERM, _exit_cleanly)
+    with multiprocess_directory(args.workers):
+        uvicorn.run(
+            "receiver.app:app_from_env",
+            factory=True,
+            host=args.host,
+            port=args.port,
+            workers=args.workers,
+            ssl_certfile=args.tls_cert,
+            ssl_keyfile=args.tls_key,
+            access_log=False,
+            log_config=None,
+            # X-Forwarded-For/-Proto are believed only from OSMA_ROUTER_TRUSTED_PROXIES.
+            proxy_headers=bool(settings.trusted_proxies),
+            forwarded_allow_ips=list(settings.trusted_proxies) or None,
+            timeout_graceful_shutdown=20,
+        )
     return 0
+
+
+def _exit_cleanly(signum: int, frame: object) -> None:
+    raise SystemExit(0)
+
+
+def _check_tls_pair(cert: str, key: str) -> None:
+    import ssl
+
+    try:
+        ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(cert, key)
+    except (ssl.SSLError, OSError, ValueError) as exc:
+        raise ConfigError(
+            f"--tls-cert {cert} / --tls-key {key}: not a usable PEM certificate and key "
+            f"({getattr(exc, 'reason', None) or type(exc).__name__})"
+        ) from None
 
 
 def configured_queues(settings: Settings) -> list[str]:
@@ -146,7 +175,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
     from .worker import run_worker
 
     settings = _settings()
-    configure_logging(settings.log_format)
+    configure_logging(settings.log_format, settings.log_level)
     redis = Redis.from_url(settings.require_redis_url())
     runtime = WorkerRuntime.build(settings, redis)
     queues = args.queues or configured_queues(settings)
@@ -173,8 +202,8 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     for route in config.routes:
         print(f"  {route.describe()}  [route {route.key}, retries {route.retries}]")
     print(f"connectors ({len(config.connectors)}):")
-    for name, table in config.connectors.items():
-        print(f"  {name}: POST /ingest/osmos/{name} -> {table.get('event_type', '-')}")
+    for connector in config.connectors.values():
+        print(f"  {connector.describe()}")
     warnings = []
     if not settings.webhook_secrets:
         warnings.append("OSMA_ROUTER_WEBHOOK_SECRETS is not set: `serve` will refuse to start")
@@ -236,7 +265,7 @@ def cmd_keygen(args: argparse.Namespace) -> int:
 def cmd_dev(args: argparse.Namespace) -> int:
     from .dev import run_dev
 
-    return run_dev(host=args.host, port=args.port)
+    return run_dev(host=args.host, port=args.port, https=args.https)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -254,6 +283,9 @@ def build_parser() -> argparse.ArgumentParser:
             "OSMA_ROUTER_REDIS_URL is set), the receiver and one worker; Ctrl-C stops it all")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=8000, help="port to listen on (default 8000)")
+    p.add_argument("--https", action="store_true",
+                   help="serve HTTPS with a self-signed certificate for localhost (made once, "
+                   "kept in .osma-router/tls/) and print how to trust it")
 
     p = add("serve", cmd_serve, "run the receiver (uvicorn); needs OSMA_ROUTER_REDIS_URL and "
             "OSMA_ROUTER_WEBHOOK_SECRETS")
@@ -308,6 +340,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _feature_commands() -> list[Callable[[Any], None]]:
     registrars: list[Callable[[Any], None]] = []
+    from . import capture, rekey, replay
+
+    registrars += [capture.add_commands, replay.add_commands, rekey.add_commands]
+    from . import health, status
+
+    registrars += [status.add_commands, health.add_commands]
     return registrars
 
 

@@ -21,6 +21,7 @@ from typing import Generic, TypeVar
 
 from redis.asyncio import Redis as AsyncRedis
 
+from .capture import CaptureWrite
 from .enqueue import JobWrite
 
 KEY_PREFIX = "osma_router"
@@ -28,9 +29,16 @@ RQ_QUEUES_KEY = "rq:queues"
 RQ_QUEUE_PREFIX = "rq:queue:"
 RQ_JOB_PREFIX = "rq:job:"
 
-# KEYS: [1] rq:queues, then per event: its dedup key, then per job: job key, queue key.
+# KEYS: [1] rq:queues, then per event: its dedup key, [its capture key,] then per job:
+#       job key, queue key.
 # ARGV: ttl_ms, now, template count, per template: (field count, fields...),
-#       event count, per event: job count, per job: template no., job id, data, description.
+#       event count, per event: job count, mode (1: force, 2: capture),
+#       [capture: token, min entry id (ms), max count, ttl_ms,]
+#       per job: template no., job id, data, description.
+# A forced event (a replay, under job ids of its own) queues its jobs even when seen and
+# leaves an existing dedup key as it is. A captured delivery is added to the capture
+# stream whether new or duplicate (field dup = 0 or 1); the stream is trimmed by age and
+# count once per call, with the last capture's limits.
 ADMIT_SCRIPT = """
 local ttl = ARGV[1]
 local now = ARGV[2]
@@ -46,17 +54,25 @@ for t = 1, ntemplates do
 end
 local k = 2
 local results = {}
+local trim
 local nevents = tonumber(ARGV[a]); a = a + 1
 for e = 1, nevents do
   local seen_key = KEYS[k]; k = k + 1
   local njobs = tonumber(ARGV[a]); a = a + 1
+  local mode = tonumber(ARGV[a]); a = a + 1
+  local capture_key, capture
+  if mode >= 2 then
+    capture_key = KEYS[k]; k = k + 1
+    capture = {ARGV[a], ARGV[a + 1], ARGV[a + 2], ARGV[a + 3]}; a = a + 4
+  end
   local fresh = redis.call('EXISTS', seen_key) == 0
+  local write = fresh or mode % 2 == 1
   local failed = false
   for j = 1, njobs do
     local job_key, queue_key = KEYS[k], KEYS[k + 1]; k = k + 2
     local template = templates[tonumber(ARGV[a])]
     local job_id, data, description = ARGV[a + 1], ARGV[a + 2], ARGV[a + 3]; a = a + 4
-    if fresh and not failed then
+    if write and not failed then
       local ok = redis.pcall('HSET', job_key, 'data', data, 'description', description,
         'created_at', now, 'enqueued_at', now, unpack(template))
       if type(ok) == 'table' and ok.err then
@@ -69,12 +85,22 @@ for e = 1, nevents do
   end
   if failed then
     results[e] = failed
-  elseif fresh then
-    redis.call('SET', seen_key, '1', 'PX', ttl)
-    results[e] = 1
   else
-    results[e] = 0
+    if fresh then
+      redis.call('SET', seen_key, '1', 'PX', ttl)
+    end
+    if capture then
+      redis.call('XADD', capture_key, '*', 'd', capture[1], 'dup', fresh and '0' or '1')
+      trim = capture
+      trim[5] = capture_key
+    end
+    results[e] = write and 1 or 0
   end
+end
+if trim then  -- once per call: under load one call carries many deliveries
+  redis.call('XTRIM', trim[5], 'MINID', trim[2])
+  redis.call('XTRIM', trim[5], 'MAXLEN', trim[3])
+  redis.call('PEXPIRE', trim[5], trim[4])
 end
 return results
 """
@@ -96,6 +122,8 @@ class Admission:
     source: str
     event_id: str
     jobs: Sequence[JobWrite]
+    capture: CaptureWrite | None = None  # set when OSMA_ROUTER_CAPTURE is on
+    force: bool = False  # a replay with --force: queue the jobs even if the id was seen
 
 
 def dedup_key(source: str, event_id: str) -> str:
@@ -191,6 +219,11 @@ class EventStore:
         for admission in batch:
             keys.append(dedup_key(admission.source, admission.event_id))
             events_args.append(len(admission.jobs))
+            capture = admission.capture
+            events_args.append((2 if capture is not None else 0) + (1 if admission.force else 0))
+            if capture is not None:
+                keys.append(capture.key)
+                events_args.extend((capture.token, capture.min_id_ms, capture.max_count, capture.ttl_ms))
             for job in admission.jobs:
                 keys.append(RQ_JOB_PREFIX + job.job_id)
                 keys.append(RQ_QUEUE_PREFIX + job.queue)

@@ -15,7 +15,7 @@ from .settings import Settings
 DEV_SECRET = "whsec_dev_local_only"
 
 
-def run_dev(host: str = "127.0.0.1", port: int = 8000) -> int:
+def run_dev(host: str = "127.0.0.1", port: int = 8000, https: bool = False) -> int:
     settings = Settings.from_env()  # fail early, in one line, on a bad setting
     env = dict(os.environ)
     env.setdefault("OSMA_ROUTER_LOG_FORMAT", "console")
@@ -27,6 +27,13 @@ def run_dev(host: str = "127.0.0.1", port: int = 8000) -> int:
     if not settings.webhook_secrets:
         env["OSMA_ROUTER_WEBHOOK_SECRETS"] = DEV_SECRET
     command = [sys.executable, "-m", "receiver.cli"]
+    tls: list[str] = []
+    certificate = None
+    if https:
+        from .tls import ensure_dev_certificate
+
+        certificate = ensure_dev_certificate()
+        tls = ["--tls-cert", str(certificate.cert), "--tls-key", str(certificate.key)]
     children: list[subprocess.Popen[bytes]] = []
     stopping = False
 
@@ -38,15 +45,24 @@ def run_dev(host: str = "127.0.0.1", port: int = 8000) -> int:
     signal.signal(signal.SIGTERM, stop)
     try:
         children.append(subprocess.Popen(
-            [*command, "serve", "--host", host, "--port", str(port)], env=env, start_new_session=True))
+            [*command, "serve", "--host", host, "--port", str(port), *tls], env=env,
+            start_new_session=True))
         children.append(subprocess.Popen([*command, "worker"], env=env, start_new_session=True))
-        url = f"http://{host}:{port}"
+        url = f"{'https' if https else 'http'}://{host}:{port}"
+        trust = ""
+        if certificate is not None:
+            from .tls import trust_instructions
+
+            trust = trust_instructions(certificate.cert, url)
+        cafile = f"SSL_CERT_FILE={certificate.cert.resolve()} " if certificate is not None else ""
         print(
             f"\nosma-router dev is running\n"
             f"  receiver : {url}/webhooks/osma   (health: {url}/healthz)\n"
             f"  redis    : {env['OSMA_ROUTER_REDIS_URL']}{' (embedded)' if redis else ''}\n"
             f"  secret   : {secret}\n"
-            f"  try      : osma-router send {url}/webhooks/osma examples/task-completed.json --secret {secret}\n"
+            f"{trust}"
+            f"  try      : {cafile}osma-router send {url}/webhooks/osma examples/task-completed.json"
+            f" --secret {secret}\n"
             f"Ctrl-C stops everything.\n",
             flush=True,
         )

@@ -60,7 +60,8 @@ def route_template(route: Route, queue: str) -> tuple[bytes | str | int | float,
         fields.pop(varying, None)
     flat: list[bytes | str | int | float] = []
     for name, value in fields.items():
-        flat.extend((name, value))
+        if value != "":  # RQ reads an absent field as empty: send less on every delivery
+            flat.extend((name, value))
     return tuple(flat)
 
 
@@ -81,12 +82,19 @@ class JobBuilder:
 
     def build(
         self, source: str, event_id: str, event_type: str, body: bytes, received_at: datetime,
-        routes: Sequence[Route],
+        routes: Sequence[Route], *, clock: str | None = None, sealed_line: str | None = None,
     ) -> list[JobWrite]:
+        """One job write per route; `clock="received_at"` pins handlers' clock (replays).
+
+        `sealed_line`: the capture's token of this delivery (capture on); the jobs carry it
+        instead of a token of their own, so a delivery costs one encryption, not two.
+        """
         if not routes:
             return []
-        if self.sealer is not None:
-            payload: dict[str, Any] = {"sealed": self.sealer.seal(body)}
+        if sealed_line is not None:
+            payload: dict[str, Any] = {"sealed_line": sealed_line}
+        elif self.sealer is not None:
+            payload = {"sealed": self.sealer.seal(body)}
         else:
             payload = {"body": body.decode("utf-8")}
         received = received_at.astimezone(timezone.utc).isoformat()
@@ -101,6 +109,8 @@ class JobBuilder:
                 "route": route_spec(route),
                 **payload,
             }
+            if clock is not None:
+                spec["clock"] = clock
             writes.append(
                 JobWrite(
                     job_id=job_id(source, event_id, route),

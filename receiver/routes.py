@@ -25,6 +25,7 @@ import orjson
 
 from .events import _MISSING, lookup
 from .exceptions import ConfigError
+from .osmos import Connector, parse_connectors
 from .plugins import HandlerRegistry
 
 DEFAULT_RETRIES = 4
@@ -98,10 +99,10 @@ def job_id(source: str, event_id: str, route: Route) -> str:
 
 @dataclass(frozen=True)
 class Config:
-    """The routes file, loaded: routes in file order and the raw connector tables."""
+    """The routes file, loaded: routes in file order and the Osmos connectors, checked."""
 
     routes: tuple[Route, ...] = ()
-    connectors: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    connectors: Mapping[str, Connector] = field(default_factory=dict)
     path: Path | None = None
 
 
@@ -150,8 +151,10 @@ def load_config(path: Path | None, registry: HandlerRegistry | None = None) -> C
 
 
 def parse_config(
-    document: Mapping[str, Any], *, path: Path | None = None, registry: HandlerRegistry | None = None
+    document: Mapping[str, Any], *, path: Path | None = None, registry: HandlerRegistry | None = None,
+    environ: Mapping[str, str] | None = None,
 ) -> Config:
+    """Check a routes document; `environ` holds connector tokens (default: the process's)."""
     where_ = str(path) if path else "routes"
     unknown = set(document) - {"routes", "connectors"}
     if unknown:
@@ -169,9 +172,7 @@ def parse_config(
         if count > 1:
             route = _replace_key(route, f"{route.key}x{count}")
         routes.append(route)
-    connectors = document.get("connectors", {})
-    if not isinstance(connectors, dict) or not all(isinstance(v, dict) for v in connectors.values()):
-        raise ConfigError(f"{where_}: `connectors` must be tables like [connectors.NAME]")
+    connectors = parse_connectors(document.get("connectors", {}), where_, environ)
     return Config(routes=tuple(routes), connectors=connectors, path=path)
 
 

@@ -7,6 +7,7 @@ the variable; the CLI prints it and exits 1. Secrets are wrapped in `Secret`, wh
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -65,8 +66,13 @@ class Settings:
     ogsm_password: Secret | None = None
     config_path: Path | None = None
     capture: bool = False
+    capture_max_age: float = 604_800.0
+    capture_max_count: int = 100_000
     encryption_keys: tuple[Secret, ...] = ()
     log_format: str = "json"
+    log_level: str = "info"
+    trusted_proxies: tuple[str, ...] = ()
+    shutdown_grace: float = 25.0
     extra: Mapping[str, str] = field(default_factory=dict, repr=False, compare=False)
 
     @classmethod
@@ -113,7 +119,10 @@ class Settings:
             "ogsm_password": mask(self.ogsm_password),
             "config": str(self.config_path) if self.config_path else "- (no routes file)",
             "capture": "on" if self.capture else "off",
+            "capture_retention": f"{self.capture_max_age:g} s, at most {self.capture_max_count} deliveries",
             "encryption_keys": f"{len(self.encryption_keys)} configured",
+            "trusted_proxies": ", ".join(self.trusted_proxies) or "- (X-Forwarded-* ignored)",
+            "shutdown_grace": f"{self.shutdown_grace:g} s",
         }
 
 
@@ -180,6 +189,8 @@ def _parse(env: Mapping[str, str]) -> Settings:
     if capture_value not in ("on", "off", "true", "false", "1", "0", "yes", "no"):
         raise ConfigError(f"{PREFIX}CAPTURE must be 'on' or 'off', got {capture_value!r}")
     capture = capture_value in ("on", "true", "1", "yes")
+    capture_max_age = _positive_number("CAPTURE_MAX_AGE", get("CAPTURE_MAX_AGE"), 604_800.0)
+    capture_max_count = _integer("CAPTURE_MAX_COUNT", get("CAPTURE_MAX_COUNT"), 100_000, minimum=1)
     keys = _secret_list(get("ENCRYPTION_KEYS"))
     if keys:
         _check_fernet_keys(keys)
@@ -192,6 +203,12 @@ def _parse(env: Mapping[str, str]) -> Settings:
     log_format = (get("LOG_FORMAT") or "json").lower()
     if log_format not in ("json", "console"):
         raise ConfigError(f"{PREFIX}LOG_FORMAT must be 'json' or 'console', got {log_format!r}")
+    log_level = (get("LOG_LEVEL") or "info").lower()
+    if log_level not in ("debug", "info", "warning", "error"):
+        raise ConfigError(f"{PREFIX}LOG_LEVEL must be debug, info, warning or error, got {log_level!r}")
+
+    trusted_proxies = _proxy_list(get("TRUSTED_PROXIES"))
+    shutdown_grace = _positive_number("SHUTDOWN_GRACE", get("SHUTDOWN_GRACE"), 25.0)
 
     queue_name = get("QUEUE") or "osma-router"
     if not all(c.isalnum() or c in "_-" for c in queue_name):
@@ -214,10 +231,33 @@ def _parse(env: Mapping[str, str]) -> Settings:
         ogsm_password=Secret(ogsm_password) if ogsm_password else None,
         config_path=config_path,
         capture=capture,
+        capture_max_age=capture_max_age,
+        capture_max_count=capture_max_count,
         encryption_keys=keys,
         log_format=log_format,
+        log_level=log_level,
+        trusted_proxies=trusted_proxies,
+        shutdown_grace=shutdown_grace,
         extra={k: v for k, v in env.items() if not k.startswith(PREFIX)},
     )
+
+
+def _proxy_list(value: str | None) -> tuple[str, ...]:
+    """Addresses or networks (CIDR) whose X-Forwarded-For/-Proto headers are believed."""
+    if value is None:
+        return ()
+    entries = tuple(part.strip() for part in value.split(",") if part.strip())
+    for entry in entries:
+        if entry == "*":
+            continue
+        try:
+            ipaddress.ip_network(entry, strict=False)
+        except ValueError:
+            raise ConfigError(
+                f"{PREFIX}TRUSTED_PROXIES: {entry!r} is not an IP address or network "
+                "(e.g. 10.0.0.0/8, 127.0.0.1, or * to trust every peer)"
+            ) from None
+    return entries
 
 
 def _secret_list(value: str | None) -> tuple[Secret, ...]:

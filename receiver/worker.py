@@ -17,6 +17,7 @@ from rq.worker import SimpleWorker, WorkerStatus
 
 from .execution import WorkerRuntime
 from .metrics import JOB_COUNTS_KEY, job_count_field
+from .shutdown import GracefulShutdown
 
 log = logging.getLogger("osma_router.worker")
 
@@ -26,7 +27,7 @@ log = logging.getLogger("osma_router.worker")
 HEARTBEAT_TTL = 30
 
 
-class RouterWorker(SimpleWorker):
+class RouterWorker(GracefulShutdown, SimpleWorker):
     """A `SimpleWorker` that runs osma-router jobs; see the module docstring."""
 
     def __init__(self, queues: Sequence[str], connection: Redis, *, heartbeat_ttl: int = HEARTBEAT_TTL,
@@ -150,6 +151,7 @@ def _event_of(job: Job) -> str | None:
 def run_worker(runtime: WorkerRuntime, queues: Sequence[str], *, burst: bool = False) -> bool:
     WorkerRuntime.install(runtime)
     worker = RouterWorker(queues, connection=runtime.redis, heartbeat_ttl=runtime.settings.heartbeat_ttl)
+    worker.shutdown_grace = runtime.settings.shutdown_grace  # SIGTERM: see shutdown.py
     try:
         return bool(worker.work(burst=burst, with_scheduler=True, logging_level="WARNING"))
     finally:

@@ -41,3 +41,9 @@ def rejects(event: Event, ctx: Context) -> None:
 @group.handler()
 async def async_record(event: Event, ctx: Context) -> None:
     ctx.redis.rpush(SEEN_KEY, f"{event.id}|{ctx.handler}||{ctx.attempt}")
+
+
+@group.handler()
+def clock(event: Event, ctx: Context) -> None:
+    """Records the handler's clock: replays pin it to the event's original received time."""
+    ctx.redis.rpush(SEEN_KEY, f"{event.id}|{ctx.handler}|now|{ctx.now().isoformat()}")
