@@ -19,6 +19,7 @@ from datetime import datetime, timezone
 from enum import Enum
 from typing import Generic, TypeVar
 
+import orjson
 from redis.asyncio import Redis as AsyncRedis
 
 from .capture import CaptureWrite
@@ -31,8 +32,8 @@ RQ_JOB_PREFIX = "rq:job:"
 
 # KEYS: [1] rq:queues, then per event: its dedup key, [its capture key,] then per job:
 #       job key, queue key.
-# ARGV: ttl_ms, now, template count, per template: (field count, fields...),
-#       event count, per event: job count, mode (1: force, 2: capture),
+# ARGV: ttl_ms, now, every route's job-hash template as one JSON array of flat field lists
+#       (built once at start-up, so each call sends one constant string), event count, per event: job count, mode (1: force, 2: capture),
 #       [capture: token, min entry id (ms), max count, ttl_ms,]
 #       per job: template no., job id, data, description.
 # A forced event (a replay, under job ids of its own) queues its jobs even when seen and
@@ -42,16 +43,8 @@ RQ_JOB_PREFIX = "rq:job:"
 ADMIT_SCRIPT = """
 local ttl = ARGV[1]
 local now = ARGV[2]
-local a = 3
-local templates = {}
-local ntemplates = tonumber(ARGV[a]); a = a + 1
-for t = 1, ntemplates do
-  local n = tonumber(ARGV[a]); a = a + 1
-  local fields = {}
-  for i = 1, n do fields[i] = ARGV[a + i - 1] end
-  a = a + n
-  templates[t] = fields
-end
+local templates = cjson.decode(ARGV[3])
+local a = 4
 local k = 2
 local results = {}
 local trim
@@ -202,6 +195,10 @@ class EventStore:
     ) -> None:
         self.redis = redis
         self.templates = templates
+        # Values as strings: Lua would turn JSON numbers into floats.
+        self._templates_json = orjson.dumps(
+            [[v.decode() if isinstance(v, bytes) else str(v) for v in fields] for fields in templates]
+        )
         self.ttl_ms = str(max(1, int(round(dedup_ttl * 1000))))
         self._script = redis.register_script(ADMIT_SCRIPT)
         self._committer: GroupCommitter[Admission, Outcome] = GroupCommitter(
@@ -214,7 +211,6 @@ class EventStore:
 
     async def _store_batch(self, batch: list[Admission]) -> list[Outcome | BaseException]:
         keys: list[str] = [RQ_QUEUES_KEY]
-        used: dict[int, int] = {}
         events_args: list[bytes | str | int] = [len(batch)]
         for admission in batch:
             keys.append(dedup_key(admission.source, admission.event_id))
@@ -227,13 +223,8 @@ class EventStore:
             for job in admission.jobs:
                 keys.append(RQ_JOB_PREFIX + job.job_id)
                 keys.append(RQ_QUEUE_PREFIX + job.queue)
-                number = used.setdefault(job.template, len(used) + 1)
-                events_args.extend((number, job.job_id, job.data, job.description))
-        args: list[bytes | str | int | float] = [self.ttl_ms, rq_timestamp(), len(used)]
-        for template_index in used:  # dicts keep insertion order: numbers 1, 2, ...
-            fields = self.templates[template_index]
-            args.append(len(fields))
-            args.extend(fields)
+                events_args.extend((job.template + 1, job.job_id, job.data, job.description))
+        args: list[bytes | str | int | float] = [self.ttl_ms, rq_timestamp(), self._templates_json]
         args.extend(events_args)
         replies = await self._script(keys=keys, args=args)
         results: list[Outcome | BaseException] = []
