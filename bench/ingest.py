@@ -67,21 +67,27 @@ class Case:
 def event_body(event_id: str, serial: int) -> bytes:
     """A task.completed event of about 400 bytes, shaped like examples/task-completed.json."""
     task = {
-        "id": f"tsk_{serial:012d}", "object": "task", "template": "update_blood_pressure",
-        "status": "completed", "title": "Measure blood pressure",
-        "member_id": f"mem_{serial % 9973:08d}", "completed_at": "2026-11-23T09:58:12+00:00",
+        "id": f"tsk_{serial:012d}",
+        "object": "task",
+        "template": "update_blood_pressure",
+        "status": "completed",
+        "title": "Measure blood pressure",
+        "member_id": f"mem_{serial % 9973:08d}",
+        "completed_at": "2026-11-23T09:58:12+00:00",
         "data": {"systolic": 120 + serial % 40, "diastolic": 80 + serial % 20},
     }
     event = {
-        "id": event_id, "object": "event", "type": "task.completed",
-        "created_at": datetime.now(UTC).isoformat(), "live_mode": False, "data": {"object": task},
+        "id": event_id,
+        "object": "event",
+        "type": "task.completed",
+        "created_at": datetime.now(UTC).isoformat(),
+        "live_mode": False,
+        "data": {"object": task},
     }
     return json.dumps(event, separators=(",", ":")).encode()
 
 
-def write_requests(
-    path: Path, host: str, tag: str, count: int, duplicate_pct: float, gap: int
-) -> list[str]:
+def write_requests(path: Path, host: str, tag: str, count: int, duplicate_pct: float, gap: int) -> list[str]:
     """Write `count` signed requests for ingest.lua; return their event ids in order.
 
     `duplicate_pct` % of them, evenly spread, repeat the event sent `gap` requests earlier.
@@ -106,8 +112,23 @@ def write_requests(
 def run_wrk(url: str, requests_file: Path, connections: int, seconds: float) -> dict[str, Any]:
     """One wrk run (one thread: plenty for one Python server, and it leaves it more CPU)."""
     cap = f"{int(seconds) + DRAIN_SECONDS}s"
-    command = ["wrk", "-t", "1", "-c", str(connections), "-d", cap, "--timeout", cap,
-               "-s", str(BENCH / "ingest.lua"), url, "--", str(requests_file), str(seconds)]
+    command = [
+        "wrk",
+        "-t",
+        "1",
+        "-c",
+        str(connections),
+        "-d",
+        cap,
+        "--timeout",
+        cap,
+        "-s",
+        str(BENCH / "ingest.lua"),
+        url,
+        "--",
+        str(requests_file),
+        str(seconds),
+    ]
     wrk = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
     assert wrk.stdout is not None
     result: dict[str, Any] = {}
@@ -137,8 +158,11 @@ def check_store(redis: Redis, ids: list[str], result: dict[str, Any]) -> dict[st
     }
     check["ok"] = (
         result["answered"] == result["sent"]
-        and check["accepted"] == check["queued"] == check["distinct_queued"]
-        == check["dedup_keys"] == check["expected_accepted"]
+        and check["accepted"]
+        == check["queued"]
+        == check["distinct_queued"]
+        == check["dedup_keys"]
+        == check["expected_accepted"]
         and check["duplicates"] == check["expected_duplicates"]
     )
     return check
@@ -176,8 +200,21 @@ def start_profiler(pid: int, seconds: float, out: Path) -> Process | None:
     if py_spy is None:
         print("--profile: py-spy not found (pip install py-spy); not profiling", file=sys.stderr)
         return None
-    command = [py_spy, "record", "--pid", str(pid), "--duration", str(int(seconds)),
-               "--rate", "250", "--nonblocking", "--format", "raw", "--output", str(out)]
+    command = [
+        py_spy,
+        "record",
+        "--pid",
+        str(pid),
+        "--duration",
+        str(int(seconds)),
+        "--rate",
+        "250",
+        "--nonblocking",
+        "--format",
+        "raw",
+        "--output",
+        str(out),
+    ]
     return subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
@@ -193,8 +230,14 @@ def top_self_time(raw: Path, limit: int = 12) -> list[tuple[str, float]]:
 
 
 def run_case(
-    server: str, port: int, connections: int, args: argparse.Namespace, work: Path,
-    redis: Redis | None, pid: int, stamp: str,
+    server: str,
+    port: int,
+    connections: int,
+    args: argparse.Namespace,
+    work: Path,
+    redis: Redis | None,
+    pid: int,
+    stamp: str,
 ) -> Case:
     """Warm up, then one measured run; `redis` is the store behind the server, if any."""
     host = f"127.0.0.1:{port}"
@@ -204,8 +247,9 @@ def run_case(
     run_wrk(url, work / "warmup.bin", connections, args.duration)
     if redis is not None:
         redis.flushdb()
-    ids = write_requests(work / "requests.bin", host, tag, args.requests, args.duplicates,
-                         gap=4 * connections)
+    ids = write_requests(
+        work / "requests.bin", host, tag, args.requests, args.duplicates, gap=4 * connections
+    )
     profiler = None
     if args.profile and redis is not None:
         profile = RESULTS / f"profile-{stamp}-{server}-c{connections}.txt"
@@ -219,10 +263,17 @@ def run_case(
         check = {"ok": result["answered"] == result["sent"] == result["statuses"].get("202", 0)}
     seconds = result["duration_us"] / 1e6
     return Case(
-        server=server, connections=connections, rps=result["answered"] / seconds,
-        p50_ms=result["p50_us"] / 1000, p99_ms=result["p99_us"] / 1000,
-        max_ms=result["max_us"] / 1000, seconds=seconds, sent=result["sent"],
-        answered=result["answered"], statuses=result["statuses"], errors=result["errors"],
+        server=server,
+        connections=connections,
+        rps=result["answered"] / seconds,
+        p50_ms=result["p50_us"] / 1000,
+        p99_ms=result["p99_us"] / 1000,
+        max_ms=result["max_us"] / 1000,
+        seconds=seconds,
+        sent=result["sent"],
+        answered=result["answered"],
+        statuses=result["statuses"],
+        errors=result["errors"],
         check=check,
     )
 
@@ -244,8 +295,10 @@ def describe_check(case: Case) -> str:
 def report(cases: list[Case], args: argparse.Namespace, stamp: str, router: str) -> None:
     print(f"\n{'server':<20} {'conns':>5} {'rps':>9} {'p50 ms':>8} {'p99 ms':>8}")
     for case in cases:
-        print(f"{case.server:<20} {case.connections:>5} {case.rps:>9,.0f}"
-              f" {case.p50_ms:>8.2f} {case.p99_ms:>8.2f}")
+        print(
+            f"{case.server:<20} {case.connections:>5} {case.rps:>9,.0f}"
+            f" {case.p50_ms:>8.2f} {case.p99_ms:>8.2f}"
+        )
     by_key = {(case.server, case.connections): case for case in cases}
     ratios = {str(n): by_key[router, n].rps / by_key["bare", n].rps for n in args.connections}
     listed = ", ".join(f"{ratio:.2f} at {n}" for n, ratio in ratios.items())
@@ -261,11 +314,20 @@ def report(cases: list[Case], args: argparse.Namespace, stamp: str, router: str)
             for frame, share in top_self_time(profile):
                 print(f"  {share:6.1%}  {frame}")
     wrk_version = subprocess.run(["wrk", "--version"], capture_output=True, text=True, check=False)
-    machine = {"cpus": os.cpu_count(), "platform": platform.platform(),
-               "python": platform.python_version(), "wrk": wrk_version.stdout.split("\n")[0]}
+    machine = {
+        "cpus": os.cpu_count(),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "wrk": wrk_version.stdout.split("\n")[0],
+    }
     out = RESULTS / f"ingest-{stamp}.json"
-    results = {"started": stamp, "options": vars(args), "machine": machine,
-               "cases": [asdict(case) for case in cases], "ratios": ratios}
+    results = {
+        "started": stamp,
+        "options": vars(args),
+        "machine": machine,
+        "cases": [asdict(case) for case in cases],
+        "ratios": ratios,
+    }
     out.write_text(json.dumps(results, indent=2))
     print(f"\nresults: {out.relative_to(BENCH.parent)}")
 
@@ -274,20 +336,39 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--duration", type=float, default=10.0,
-                        help="time limit of each measured run, seconds (default 10)")
-    parser.add_argument("--requests", type=int, default=200_000,
-                        help="request count limit of each measured run (default 200000)")
-    parser.add_argument("--connections", default="16,64",
-                        type=lambda text: [int(n) for n in text.split(",")],
-                        help="comma-separated connection counts (default 16,64)")
-    parser.add_argument("--duplicates", type=float, default=0.0, metavar="PCT",
-                        help="percentage of requests that repeat an earlier event id (answer 200)")
-    parser.add_argument("--capture", action="store_true",
-                        help="run osma-router with OSMA_ROUTER_CAPTURE=on and an encryption key")
-    parser.add_argument("--profile", action="store_true",
-                        help="sample osma-router with py-spy while it runs (takes CPU, skews"
-                        " the numbers); prints the functions with the most self time")
+    parser.add_argument(
+        "--duration", type=float, default=10.0, help="time limit of each measured run, seconds (default 10)"
+    )
+    parser.add_argument(
+        "--requests",
+        type=int,
+        default=200_000,
+        help="request count limit of each measured run (default 200000)",
+    )
+    parser.add_argument(
+        "--connections",
+        default="16,64",
+        type=lambda text: [int(n) for n in text.split(",")],
+        help="comma-separated connection counts (default 16,64)",
+    )
+    parser.add_argument(
+        "--duplicates",
+        type=float,
+        default=0.0,
+        metavar="PCT",
+        help="percentage of requests that repeat an earlier event id (answer 200)",
+    )
+    parser.add_argument(
+        "--capture",
+        action="store_true",
+        help="run osma-router with OSMA_ROUTER_CAPTURE=on and an encryption key",
+    )
+    parser.add_argument(
+        "--profile",
+        action="store_true",
+        help="sample osma-router with py-spy while it runs (takes CPU, skews"
+        " the numbers); prints the functions with the most self time",
+    )
     args = parser.parse_args(argv)
     if args.requests < 1 or args.duration < 1 or not 0 <= args.duplicates < 100:
         parser.error("--requests must be positive, --duration at least 1, --duplicates in [0, 100)")
@@ -309,14 +390,18 @@ def main(argv: list[str] | None = None) -> int:
         work = Path(tmp)  # also the servers' cwd, so no .env file of the checkout is read
         (work / "routes.toml").write_text(ROUTES)
         env = {k: v for k, v in os.environ.items() if not k.startswith("OSMA_ROUTER_")}
-        router_env = env | {"OSMA_ROUTER_REDIS_URL": redis_server.url,
-                            "OSMA_ROUTER_WEBHOOK_SECRETS": SECRET,
-                            "OSMA_ROUTER_CONFIG": str(work / "routes.toml")}
+        router_env = env | {
+            "OSMA_ROUTER_REDIS_URL": redis_server.url,
+            "OSMA_ROUTER_WEBHOOK_SECRETS": SECRET,
+            "OSMA_ROUTER_CONFIG": str(work / "routes.toml"),
+        }
         router = "osma-router"
         if args.capture:
             router = "osma-router+capture"
-            router_env |= {"OSMA_ROUTER_CAPTURE": "on",
-                           "OSMA_ROUTER_ENCRYPTION_KEYS": Fernet.generate_key().decode()}
+            router_env |= {
+                "OSMA_ROUTER_CAPTURE": "on",
+                "OSMA_ROUTER_ENCRYPTION_KEYS": Fernet.generate_key().decode(),
+            }
         redis = Redis.from_url(redis_server.url)
         servers = [
             ("bare", [sys.executable, str(BENCH / "bare_app.py")], env, None),
@@ -329,8 +414,7 @@ def main(argv: list[str] | None = None) -> int:
             try:
                 for connections in args.connections:
                     case = run_case(name, port, connections, args, work, store, server.pid, stamp)
-                    print(f"{name} c{connections}: {case.rps:,.0f} rps; {describe_check(case)}",
-                          flush=True)
+                    print(f"{name} c{connections}: {case.rps:,.0f} rps; {describe_check(case)}", flush=True)
                     cases.append(case)
             finally:
                 stop(server)

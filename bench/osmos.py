@@ -29,7 +29,7 @@ import tempfile
 import threading
 import time
 from dataclasses import asdict, dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -93,7 +93,9 @@ def make_body(count: int, seed: int) -> bytes:
             "score": round(rnd.random() * 100, 3),
             "active": rnd.random() < 0.5,
             "birthday": f"19{rnd.randint(10, 99)}-{rnd.randint(1, 12):02d}-{rnd.randint(1, 28):02d}",
-            "updated_at": f"2026-11-{rnd.randint(10, 28)}T{rnd.randint(0, 23):02d}:{rnd.randint(0, 59):02d}:00Z",
+            "updated_at": (
+                f"2026-11-{rnd.randint(10, 28)}T{rnd.randint(0, 23):02d}:{rnd.randint(0, 59):02d}:00Z"
+            ),
         }
         for i in range(count)
     ]
@@ -180,14 +182,19 @@ def check_store(redis: Redis, records: int, routes: int) -> dict[str, Any]:
     seen = redis.zcard(seen_key("crm"))
     staging = sum(1 for _ in redis.scan_iter(match="osma_router:osmos:batch:*", count=10_000))
     staging += redis.zcard(INFLIGHT_KEY)
-    check = {"queued": queued, "expected_queued": records * routes, "dedup_keys": seen,
-             "staging_keys_left": staging}
+    check = {
+        "queued": queued,
+        "expected_queued": records * routes,
+        "dedup_keys": seen,
+        "staging_keys_left": staging,
+    }
     check["ok"] = queued == records * routes and seen == records and staging == 0
     return check
 
 
-def run_case(count: int, args: argparse.Namespace, osma_router: str, env: dict[str, str], work: Path,
-             redis: Redis) -> Case:
+def run_case(
+    count: int, args: argparse.Namespace, osma_router: str, env: dict[str, str], work: Path, redis: Redis
+) -> Case:
     body = make_body(count, seed=count)
     parse_seconds = parse_baseline(body)
     redis.flushdb()
@@ -213,23 +220,37 @@ def run_case(count: int, args: argparse.Namespace, osma_router: str, env: dict[s
     finally:
         stop(server)
     return Case(
-        records=count, body_bytes=len(body), status=response.status_code, seconds=seconds,
-        records_per_s=count / seconds, rss_before_mb=before["VmRSS"],
-        rss_peak_growth_mb=after["VmHWM"] - before["VmRSS"], parse_seconds=parse_seconds,
-        parse_records_per_s=count / parse_seconds, ratio_to_parse=seconds / parse_seconds,
-        redis_max_stall_ms=probe.worst * 1000, check=check,
+        records=count,
+        body_bytes=len(body),
+        status=response.status_code,
+        seconds=seconds,
+        records_per_s=count / seconds,
+        rss_before_mb=before["VmRSS"],
+        rss_peak_growth_mb=after["VmHWM"] - before["VmRSS"],
+        parse_seconds=parse_seconds,
+        parse_records_per_s=count / parse_seconds,
+        ratio_to_parse=seconds / parse_seconds,
+        redis_max_stall_ms=probe.worst * 1000,
+        check=check,
     )
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--sizes", default="1000,50000,250000",
-                        type=lambda text: [int(n) for n in text.split(",")],
-                        help="comma-separated batch sizes (default 1000,50000,250000)")
-    parser.add_argument("--routes", type=int, default=1,
-                        help="routes matching every record (jobs per record; default 1)")
-    parser.add_argument("--encrypt", action="store_true",
-                        help="run with OSMA_ROUTER_ENCRYPTION_KEYS (job payloads sealed)")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--sizes",
+        default="1000,50000,250000",
+        type=lambda text: [int(n) for n in text.split(",")],
+        help="comma-separated batch sizes (default 1000,50000,250000)",
+    )
+    parser.add_argument(
+        "--routes", type=int, default=1, help="routes matching every record (jobs per record; default 1)"
+    )
+    parser.add_argument(
+        "--encrypt", action="store_true", help="run with OSMA_ROUTER_ENCRYPTION_KEYS (job payloads sealed)"
+    )
     parser.add_argument("--timeout", type=float, default=300.0, help="seconds to wait for an answer")
     args = parser.parse_args(argv)
     if any(n < 1 or n > 250_000 for n in args.sizes) or args.routes < 0:
@@ -243,24 +264,31 @@ def main(argv: list[str] | None = None) -> int:
         print("osmos.py reads peak RSS from /proc (Linux)", file=sys.stderr)
         return 1
     osma_router = shutil.which("osma-router", path=str(Path(sys.executable).parent)) or "osma-router"
-    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     cases: list[Case] = []
     with tempfile.TemporaryDirectory(prefix="osma-bench-osmos-") as tmp, RedisServer() as redis_server:
         work = Path(tmp)
         routes = "".join(ROUTE.format(n=n) for n in range(args.routes))
         (work / "routes.toml").write_text(routes + CONNECTOR)
         env = {k: v for k, v in os.environ.items() if not k.startswith("OSMA_ROUTER_")}
-        env |= {"OSMA_ROUTER_REDIS_URL": redis_server.url, "OSMA_ROUTER_WEBHOOK_SECRETS": "whsec_bench",
-                "OSMA_ROUTER_CONFIG": str(work / "routes.toml"), "BENCH_OSMOS_TOKEN": TOKEN}
+        env |= {
+            "OSMA_ROUTER_REDIS_URL": redis_server.url,
+            "OSMA_ROUTER_WEBHOOK_SECRETS": "whsec_bench",
+            "OSMA_ROUTER_CONFIG": str(work / "routes.toml"),
+            "BENCH_OSMOS_TOKEN": TOKEN,
+        }
         if args.encrypt:
             env["OSMA_ROUTER_ENCRYPTION_KEYS"] = Fernet.generate_key().decode()
         redis = Redis.from_url(redis_server.url)
         for count in args.sizes:
             case = run_case(count, args, osma_router, env, work, redis)
-            print(f"{count:>7} records: {case.seconds:6.2f} s, {case.records_per_s:>9,.0f} records/s, "
-                  f"peak RSS +{case.rss_peak_growth_mb:,.0f} MB; orjson.loads {case.parse_seconds:.3f} s "
-                  f"(x{case.ratio_to_parse:.1f}); Redis busy <= {case.redis_max_stall_ms:.0f} ms at a stretch; "
-                  f"store {'OK' if case.check['ok'] else 'FAIL'}", flush=True)
+            print(
+                f"{count:>7} records: {case.seconds:6.2f} s, {case.records_per_s:>9,.0f} records/s, "
+                f"peak RSS +{case.rss_peak_growth_mb:,.0f} MB; orjson.loads {case.parse_seconds:.3f} s "
+                f"(x{case.ratio_to_parse:.1f}); Redis busy <= {case.redis_max_stall_ms:.0f} ms at a stretch; "
+                f"store {'OK' if case.check['ok'] else 'FAIL'}",
+                flush=True,
+            )
             cases.append(case)
         redis.close()
     report(cases, args, stamp)
@@ -268,21 +296,40 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def report(cases: list[Case], args: argparse.Namespace, stamp: str) -> None:
-    print(f"\n{'records':>8} {'MB':>7} {'seconds':>8} {'records/s':>10} {'RSS +MB':>8} "
-          f"{'parse s':>8} {'parse rec/s':>12} {'x parse':>8} {'stall ms':>9}")
+    print(
+        f"\n{'records':>8} {'MB':>7} {'seconds':>8} {'records/s':>10} {'RSS +MB':>8} "
+        f"{'parse s':>8} {'parse rec/s':>12} {'x parse':>8} {'stall ms':>9}"
+    )
     for c in cases:
-        print(f"{c.records:>8} {c.body_bytes / 1e6:>7.1f} {c.seconds:>8.2f} {c.records_per_s:>10,.0f} "
-              f"{c.rss_peak_growth_mb:>8,.0f} {c.parse_seconds:>8.3f} {c.parse_records_per_s:>12,.0f} "
-              f"{c.ratio_to_parse:>8.1f} {c.redis_max_stall_ms:>9.0f}")
+        print(
+            f"{c.records:>8} {c.body_bytes / 1e6:>7.1f} {c.seconds:>8.2f} {c.records_per_s:>10,.0f} "
+            f"{c.rss_peak_growth_mb:>8,.0f} {c.parse_seconds:>8.3f} {c.parse_records_per_s:>12,.0f} "
+            f"{c.ratio_to_parse:>8.1f} {c.redis_max_stall_ms:>9.0f}"
+        )
     biggest = max(cases, key=lambda c: c.records)
-    print(f"\ngoals at {biggest.records} records: < 30 s: {biggest.seconds:.1f} s; < 1 GB RSS growth: "
-          f"{biggest.rss_peak_growth_mb:,.0f} MB; within 2x of parsing alone: x{biggest.ratio_to_parse:.1f}")
-    machine = {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
-               "orjson": orjson.__version__}
+    print(
+        f"\ngoals at {biggest.records} records: < 30 s: {biggest.seconds:.1f} s; < 1 GB RSS growth: "
+        f"{biggest.rss_peak_growth_mb:,.0f} MB; within 2x of parsing alone: x{biggest.ratio_to_parse:.1f}"
+    )
+    machine = {
+        "cpus": os.cpu_count(),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "orjson": orjson.__version__,
+    }
     (BENCH / "results").mkdir(exist_ok=True)
     out = BENCH / "results" / f"osmos-{stamp}.json"
-    out.write_text(json.dumps({"started": stamp, "options": vars(args), "machine": machine,
-                               "cases": [asdict(c) for c in cases]}, indent=2))
+    out.write_text(
+        json.dumps(
+            {
+                "started": stamp,
+                "options": vars(args),
+                "machine": machine,
+                "cases": [asdict(c) for c in cases],
+            },
+            indent=2,
+        )
+    )
     print(f"results: {out.relative_to(BENCH.parent)}")
 
 

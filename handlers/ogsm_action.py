@@ -59,11 +59,14 @@ class ActionParams:
         if not _all(self.labels, lambda v: isinstance(v, str) and bool(v)):
             raise ValueError("`labels` must be a list of label names")
         if not self.title_from or not _all(self.title_from, lambda v: isinstance(v, str) and bool(v)):
-            raise ValueError("`title_from` must be a list of task field paths, e.g. [\"description\"]")
-        if not isinstance(self.statuses, Mapping) or not all(isinstance(v, str) for v in self.statuses.values()):
+            raise ValueError('`title_from` must be a list of task field paths, e.g. ["description"]')
+        if not isinstance(self.statuses, Mapping) or not all(
+            isinstance(v, str) for v in self.statuses.values()
+        ):
             raise ValueError("`statuses` must map Osma task statuses to OGSM status names")
         if not isinstance(self.progress, Mapping) or not all(
-                isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= 100 for v in self.progress.values()):
+            isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= 100 for v in self.progress.values()
+        ):
             raise ValueError("`progress` must map Osma task statuses to a percentage from 0 to 100")
         if self.on_delete not in ("archive", "delete"):
             raise ValueError(f'`on_delete` must be "archive" or "delete", got {self.on_delete!r}')
@@ -137,12 +140,17 @@ class ActionSync:
 
         def reconcile(intent: Any, claimed: Any) -> Result | None:
             for action in self.actions.list():
-                if (str(action.get("id")) not in claimed and isinstance(action.get("title"), str)
-                        and _digest(action["title"]) == intent.get("title")):
+                if (
+                    str(action.get("id")) not in claimed
+                    and isinstance(action.get("title"), str)
+                    and _digest(action["title"]) == intent.get("title")
+                ):
                     return {"id": action["id"]}
             return None
 
-        outcome = self.ctx.ledger.perform(self.effect("create", title=_digest(title)), post, reconcile=reconcile)
+        outcome = self.ctx.ledger.perform(
+            self.effect("create", title=_digest(title)), post, reconcile=reconcile
+        )
         action_id = str(outcome.result["id"])
         self.ctx.redis.hset(self.mapping, self.task_id, action_id)
         return action_id
@@ -150,8 +158,10 @@ class ActionSync:
     def update(self, action_id: str) -> None:
         fields = self.status_fields()
         if fields:
-            self.ctx.ledger.perform(self.effect("update", action=action_id, **fields),
-                                    lambda: {"id": self.actions.update(action_id, fields)["id"]})
+            self.ctx.ledger.perform(
+                self.effect("update", action=action_id, **fields),
+                lambda: {"id": self.actions.update(action_id, fields)["id"]},
+            )
 
     def remove(self, action_id: str) -> None:
         def act() -> Result:
@@ -188,8 +198,9 @@ def register(group: HandlerGroup) -> None:
         moment = entity_time(event)
         with ctx.ledger.locked(mark, owner=ctx.job_id):
             if marks.behind(mark, moment):
-                ctx.log.info("older than the task state already applied: nothing changed",
-                             extra={"reason": "stale"})
+                ctx.log.info(
+                    "older than the task state already applied: nothing changed", extra={"reason": "stale"}
+                )
                 return
             action_id = sync.known_action()
             if event.type == "task.deleted":

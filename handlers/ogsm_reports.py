@@ -117,7 +117,9 @@ def post_measurement(event: Event, ctx: Context, target: str, target_id: int) ->
     scope = f"ogsm:{target}:{target_id}:{at}"
     ledger = ctx.ledger
     marks = Watermarks(ctx.redis)
-    with ledger.locked(scope, owner=ctx.job_id):  # one measurement of a KPI and date at a time: checks stay true
+    with ledger.locked(
+        scope, owner=ctx.job_id
+    ):  # one measurement of a KPI and date at a time: checks stay true
         if params.value == COUNT:
             object_id = event.object.get("id")
             if not isinstance(object_id, (str, int)) or isinstance(object_id, bool) or object_id == "":
@@ -128,23 +130,33 @@ def post_measurement(event: Event, ctx: Context, target: str, target_id: int) ->
         else:
             found = _value(event, params.value)
             if found is None:
-                ctx.log.warning("the route's value field is missing or not a number: nothing posted",
-                                extra={"reason": "no_value"})
+                ctx.log.warning(
+                    "the route's value field is missing or not a number: nothing posted",
+                    extra={"reason": "no_value"},
+                )
                 return
             value = found
             order_mark, order = f"{scope}:time", event.occurred_at.timestamp()
 
-        effect = ctx.effect("report", {"target": target, "id": target_id, "at": at, "value": value}, scope=scope)
+        effect = ctx.effect(
+            "report", {"target": target, "id": target_id, "at": at, "value": value}, scope=scope
+        )
         outcome = ledger.outcome(effect.key)  # set when an earlier run (retry, redelivery, replay) did it
         if outcome is None:
             if marks.behind(order_mark, order):
                 ledger.skip(effect, "a newer measurement was already posted for this date")
-                ctx.log.info("older than what is already posted for this date: nothing posted",
-                             extra={"reason": "stale"})
+                ctx.log.info(
+                    "older than what is already posted for this date: nothing posted",
+                    extra={"reason": "stale"},
+                )
                 return
-            outcome = ledger.perform(effect, lambda: create(ctx, target, target_id, at, value),
-                                     reconcile=lambda intent, claimed: find(ctx, target, target_id, at, claimed,
-                                                                            intent.get("value")))
+            outcome = ledger.perform(
+                effect,
+                lambda: create(ctx, target, target_id, at, value),
+                reconcile=lambda intent, claimed: find(
+                    ctx, target, target_id, at, claimed, intent.get("value")
+                ),
+            )
         if outcome.done:  # also after a crash between the outcome and this mark
             posted = outcome.result.get("value", value)
             marks.advance(order_mark, float(posted) if params.value == COUNT else order)
@@ -155,7 +167,9 @@ def create(ctx: Context, target: str, target_id: int, at: str, value: float) -> 
     return {"id": report.get("id") if isinstance(report, dict) else None, "value": value}
 
 
-def find(ctx: Context, target: str, target_id: int, at: str, claimed: Collection[str], value: Any) -> Result | None:
+def find(
+    ctx: Context, target: str, target_id: int, at: str, claimed: Collection[str], value: Any
+) -> Result | None:
     """A measurement of that target, date and value that no other effect has claimed."""
     for report in ctx.ogsm.reports(target).list(target_id, at=at):
         if report.get("current_value") == value and str(report.get("id")) not in claimed:
@@ -175,7 +189,7 @@ def _count(ctx: Context, at: str, object_id: str) -> int:
 
 def _value(event: Event, value: Any) -> int | float | None:
     if isinstance(value, str) and value.startswith(FIELD):
-        return number_from(event.get(value[len(FIELD):]))
+        return number_from(event.get(value[len(FIELD) :]))
     return number_from(value)
 
 

@@ -50,7 +50,9 @@ class MetadataParams:
             raise ValueError(str(exc)) from None
         for key, value in self.metadata.items():
             if value in (EFFECT, FIELD):
-                raise ValueError(f"metadata {key!r}: {value!r} needs a handler name or a path after the colon")
+                raise ValueError(
+                    f"metadata {key!r}: {value!r} needs a handler name or a path after the colon"
+                )
 
 
 def _placeholder(value: Any) -> Any:
@@ -76,7 +78,9 @@ def entity_time(event: Event) -> float:
     return event.occurred_at.timestamp()
 
 
-def write_task_metadata(ctx: Context, task_id: str, metadata: Mapping[str, Any], step: str = "metadata") -> None:
+def write_task_metadata(
+    ctx: Context, task_id: str, metadata: Mapping[str, Any], step: str = "metadata"
+) -> None:
     """Merge `metadata` into the Osma task, once for this (event, route, step)."""
     validate_metadata(metadata)
     key = ctx.idempotency_key(step)
@@ -97,16 +101,18 @@ def resolve(event: Event, ctx: Context, wanted: Mapping[str, Any]) -> dict[str, 
     effects = None
     for key, value in wanted.items():
         if isinstance(value, str) and value.startswith(EFFECT):
-            handler = value[len(EFFECT):]
+            handler = value[len(EFFECT) :]
             effects = effects if effects is not None else ctx.ledger.effects_of(event.id)
             outcome = effects.get(handler)
             if outcome is None:
-                raise HandlerError(f"metadata {key!r}: {handler} has not recorded its effect for this "
-                                   "event yet; retrying later")
+                raise HandlerError(
+                    f"metadata {key!r}: {handler} has not recorded its effect for this "
+                    "event yet; retrying later"
+                )
             if outcome.done and outcome.result.get("id") is not None:
                 values[key] = str(outcome.result["id"])
         elif isinstance(value, str) and value.startswith(FIELD):
-            found = event.get(value[len(FIELD):])
+            found = event.get(value[len(FIELD) :])
             if found is not None and not isinstance(found, (dict, list)):
                 values[key] = str(found)
         else:

@@ -49,7 +49,9 @@ end
 # middle, tail, field count, fields...; then the record count n, n event ids, n event
 # bodies, and either "*" (every route for every record) or n lines of route numbers ("1,3").
 # Returns: records staged, records skipped as already seen, the commit counter (first chunk).
-STAGE = _LIB + """
+STAGE = (
+    _LIB
+    + """
 local prefix, member, job_prefix = ARGV[1], ARGV[2], ARGV[5]
 local deadline = now_ms + tonumber(ARGV[6]) * 1000
 local counter = false
@@ -117,12 +119,15 @@ for queue, q in pairs(jobs) do
 end
 return {#fresh, duplicates, counter}
 """
+)
 
 # KEYS: [1] seen set, [2] inflight set, [3] commit counter, [4] rq:queues.
 # ARGV: batch prefix, batch member, dedup ttl (ms), counter when staging began, records
 # staged, rq job prefix, rq queue prefix.
 # Returns: records queued, records found committed meanwhile by another batch.
-COMMIT = _LIB + """
+COMMIT = (
+    _LIB
+    + """
 local prefix, member, ttl_ms = ARGV[1], ARGV[2], tonumber(ARGV[3])
 local job_prefix, queue_prefix = ARGV[6], ARGV[7]
 if not redis.call('ZSCORE', KEYS[2], member) then
@@ -175,12 +180,15 @@ redis.call('ZREM', KEYS[2], member)
 redis.call('UNLINK', unpack(batch_keys(prefix)))
 return {#marks / 2, #ids - #marks / 2}
 """
+)
 
 # KEYS: [1] seen set, [2] inflight set. ARGV: batch prefix, batch member, rq job prefix.
 # Drops up to STEP job hashes a call: those this batch created, unless their record was
 # marked seen meanwhile (a concurrent batch committed it: a live job now); with the last
 # call, the batch's own keys. Returns 1 while there is more to drop.
-DISCARD = _LIB + """
+DISCARD = (
+    _LIB
+    + """
 local prefix = ARGV[1]
 redis.call('ZREM', KEYS[2], ARGV[2])
 local owned = redis.call('LPOP', prefix .. 'owned', STEP)
@@ -198,8 +206,12 @@ end
 if #doomed > 0 then redis.call('UNLINK', unpack(doomed)) end
 return 1
 """
+)
 
 # KEYS: [1] inflight set. ARGV: how many. Batches past their deadline (abandoned).
-STALE = _LIB + """
+STALE = (
+    _LIB
+    + """
 return redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now_ms, 'LIMIT', 0, tonumber(ARGV[1]))
 """
+)

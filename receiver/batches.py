@@ -43,7 +43,7 @@ import os
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 import orjson
@@ -87,12 +87,22 @@ class RouteLayout:
         return self.data_head + event_id.encode() + self.data_middle + body_value + self.data_tail
 
     def as_args(self) -> list[bytes | str | int | float]:
-        return [self.job_id_head, self.job_id_tail, self.queue, self.description, self.data_head,
-                self.data_middle, self.data_tail, len(self.fields), *self.fields]
+        return [
+            self.job_id_head,
+            self.job_id_tail,
+            self.queue,
+            self.description,
+            self.data_head,
+            self.data_middle,
+            self.data_tail,
+            len(self.fields),
+            *self.fields,
+        ]
 
 
-def lay_out_route(builder: JobBuilder, event_type: str, received_at: datetime, route: Route,
-                  sealed: bool) -> RouteLayout:
+def lay_out_route(
+    builder: JobBuilder, event_type: str, received_at: datetime, route: Route, sealed: bool
+) -> RouteLayout:
     """Split `builder.build`'s job for `route` around placeholders (built unsealed)."""
     plain = copy.copy(builder)
     plain.sealer = None
@@ -108,8 +118,16 @@ def lay_out_route(builder: JobBuilder, event_type: str, received_at: datetime, r
         middle, tail = middle + b'"sealed":"', b'"' + tail
     else:
         middle = middle + b'"body":'
-    return RouteLayout(job_head, job_tail, write.queue, write.description, data_head, middle, tail,
-                       builder.templates[write.template])
+    return RouteLayout(
+        job_head,
+        job_tail,
+        write.queue,
+        write.description,
+        data_head,
+        middle,
+        tail,
+        builder.templates[write.template],
+    )
 
 
 class EventCoder:
@@ -117,10 +135,15 @@ class EventCoder:
 
     def __init__(self, event_type: str, received_at: datetime, sealer: Sealer | None) -> None:
         self.sealer = sealer
-        created = received_at.astimezone(timezone.utc).isoformat()
+        created = received_at.astimezone(UTC).isoformat()
         self.head = b'{"id":"'
-        self.middle = (b'","type":' + orjson.dumps(event_type) + b',"object":"event","created_at":'
-                       + orjson.dumps(created) + b',"data":{"object":')
+        self.middle = (
+            b'","type":'
+            + orjson.dumps(event_type)
+            + b',"object":"event","created_at":'
+            + orjson.dumps(created)
+            + b',"data":{"object":'
+        )
 
     def event(self, event_id: str, canonical: bytes) -> bytes:
         """`{"id", "type", "object", "created_at", "data": {"object": record}}` as JSON."""
@@ -159,8 +182,9 @@ class StagingLost(RouterError):
 class BatchStore:
     """Stages chunks of one batch and commits them in one short atomic step."""
 
-    def __init__(self, redis: AsyncRedis, dedup_ttl: float, *,
-                 staging_deadline: int = STAGING_DEADLINE) -> None:
+    def __init__(
+        self, redis: AsyncRedis, dedup_ttl: float, *, staging_deadline: int = STAGING_DEADLINE
+    ) -> None:
         self.redis = redis
         self.ttl_ms = max(1, round(dedup_ttl * 1000))
         self.staging_deadline = staging_deadline
@@ -199,8 +223,14 @@ def commits_key(connector: str) -> str:
 class Batch:
     """One batch being stored: `stage()` its chunks, then `commit()` or `discard()`."""
 
-    def __init__(self, store: BatchStore, connector: str, batch_id: str,
-                 layouts: Sequence[RouteLayout] = (), client: AsyncRedis | None = None) -> None:
+    def __init__(
+        self,
+        store: BatchStore,
+        connector: str,
+        batch_id: str,
+        layouts: Sequence[RouteLayout] = (),
+        client: AsyncRedis | None = None,
+    ) -> None:
         self.store = store
         self.client = client or store.redis
         self.member = f"{connector}:{batch_id}"
@@ -221,11 +251,22 @@ class Batch:
         if not chunk.ids:
             return
         first = self._counter is None
-        args = [self.prefix, self.member, "1" if first else "0", self._now, RQ_JOB_PREFIX,
-                self.store.staging_deadline, *self._route_args, len(chunk.ids), *chunk.ids,
-                *chunk.bodies, *(chunk.routes if chunk.routes is not None else ["*"])]
+        args = [
+            self.prefix,
+            self.member,
+            "1" if first else "0",
+            self._now,
+            RQ_JOB_PREFIX,
+            self.store.staging_deadline,
+            *self._route_args,
+            len(chunk.ids),
+            *chunk.ids,
+            *chunk.bodies,
+            *(chunk.routes if chunk.routes is not None else ["*"]),
+        ]
         staged, duplicates, counter = await self._run(
-            self.store._stage, [self.seen, INFLIGHT_KEY, self.commits], args)
+            self.store._stage, [self.seen, INFLIGHT_KEY, self.commits], args
+        )
         if first:
             self._counter = counter
         self.staged_records += int(staged)
@@ -238,16 +279,26 @@ class Batch:
                 await self.discard()
             return BatchOutcome(0, self.duplicates)
         fresh, duplicates = await self._run(
-            self.store._commit, [self.seen, INFLIGHT_KEY, self.commits, RQ_QUEUES_KEY],
-            [self.prefix, self.member, self.store.ttl_ms, self._counter, self.staged_records,
-             RQ_JOB_PREFIX, RQ_QUEUE_PREFIX])
+            self.store._commit,
+            [self.seen, INFLIGHT_KEY, self.commits, RQ_QUEUES_KEY],
+            [
+                self.prefix,
+                self.member,
+                self.store.ttl_ms,
+                self._counter,
+                self.staged_records,
+                RQ_JOB_PREFIX,
+                RQ_QUEUE_PREFIX,
+            ],
+        )
         return BatchOutcome(int(fresh), self.duplicates + int(duplicates))
 
     async def discard(self, *, max_calls: int = 1_000) -> None:
         """Drop what this batch staged, a chunk per call."""
         for _ in range(max_calls):
-            if not await self._run(self.store._discard, [self.seen, INFLIGHT_KEY],
-                                   [self.prefix, self.member, RQ_JOB_PREFIX]):
+            if not await self._run(
+                self.store._discard, [self.seen, INFLIGHT_KEY], [self.prefix, self.member, RQ_JOB_PREFIX]
+            ):
                 return
             await asyncio.sleep(0)
 

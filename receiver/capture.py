@@ -21,7 +21,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import IO, Any
 
 import orjson
@@ -66,8 +66,9 @@ class CaptureWrite:
 class CaptureWriter:
     """Seals deliveries for the admission script; one per receiver process."""
 
-    def __init__(self, sealer: Sealer, max_age: float, max_count: int,
-                 clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self, sealer: Sealer, max_age: float, max_count: int, clock: Callable[[], float] = time.time
+    ) -> None:
         self.sealer = sealer
         self.max_age_ms = max(1, int(max_age * 1000))
         self.max_count = max_count
@@ -151,7 +152,7 @@ def export_captures(
     """Write the kept deliveries `selection` selects (by type and received time) as lines."""
     report = ExportReport()
     selection = selection or Selection()
-    now = now or datetime.now(timezone.utc)
+    now = now or datetime.now(UTC)
     floor = None if max_age is None else now.timestamp() - max_age
     for stored in stored_captures(redis):
         # Trimming happens on writes: an idle capture may still hold older entries.
@@ -203,8 +204,9 @@ def cmd_capture_export(args: argparse.Namespace) -> int:
     redis, sealer = _connect(settings)
     out = _open_output(args.file)
     try:
-        report = export_captures(redis, sealer, out, selection, encrypted=args.encrypted,
-                                 max_age=settings.capture_max_age)
+        report = export_captures(
+            redis, sealer, out, selection, encrypted=args.encrypted, max_age=settings.capture_max_age
+        )
     finally:
         if out is not sys.stdout.buffer:
             out.close()
@@ -215,8 +217,10 @@ def cmd_capture_export(args: argparse.Namespace) -> int:
     if report.unreadable:
         from .cli import fail
 
-        return fail(f"{report.unreadable} captured delivery(ies) could not be decrypted with "
-                    "OSMA_ROUTER_ENCRYPTION_KEYS (was a key removed too early?)")
+        return fail(
+            f"{report.unreadable} captured delivery(ies) could not be decrypted with "
+            "OSMA_ROUTER_ENCRYPTION_KEYS (was a key removed too early?)"
+        )
     return 0
 
 
@@ -229,12 +233,14 @@ def cmd_capture_status(args: argparse.Namespace) -> int:
         newest: list[tuple[bytes, Any]] = redis.xrevrange(CAPTURE_KEY, count=1)  # type: ignore[assignment]
     finally:
         redis.close()
-    print(f"capture: {'on' if settings.capture else 'off'} "
-          f"(keeps {settings.capture_max_age:g} s, at most {settings.capture_max_count} deliveries)")
+    print(
+        f"capture: {'on' if settings.capture else 'off'} "
+        f"(keeps {settings.capture_max_age:g} s, at most {settings.capture_max_count} deliveries)"
+    )
     print(f"kept deliveries: {count}")
     for label, rows in (("oldest", oldest), ("newest", newest)):
         if rows:
-            moment = datetime.fromtimestamp(int(rows[0][0].split(b"-")[0]) / 1000, timezone.utc)
+            moment = datetime.fromtimestamp(int(rows[0][0].split(b"-")[0]) / 1000, UTC)
             print(f"{label}: {moment.isoformat()}")
     return 0
 
@@ -243,20 +249,33 @@ def add_commands(sub: Any) -> None:
     """`osma-router capture export | status`."""
     from .cli import add_command
 
-    parser = add_command(sub, "capture", lambda a: 0, "export or count the captured deliveries "
-                         "(kept encrypted in Redis when OSMA_ROUTER_CAPTURE=on)")
+    parser = add_command(
+        sub,
+        "capture",
+        lambda a: 0,
+        "export or count the captured deliveries (kept encrypted in Redis when OSMA_ROUTER_CAPTURE=on)",
+    )
     actions = parser.add_subparsers(dest="capture_command", metavar="ACTION")
     actions.required = True
-    export_help = ("write the kept deliveries, decrypted, as the capture file (one JSON object a "
-                   "line); --encrypted writes Fernet tokens instead")
+    export_help = (
+        "write the kept deliveries, decrypted, as the capture file (one JSON object a "
+        "line); --encrypted writes Fernet tokens instead"
+    )
     export = actions.add_parser("export", help=export_help, description=export_help)
     export.add_argument("file", metavar="FILE.jsonl", help="where to write ('-' for standard output)")
     export.add_argument("--since", metavar="ISO", help="only deliveries received at or after this time")
     export.add_argument("--until", metavar="ISO", help="only deliveries received before this time")
-    export.add_argument("--type", action="append", metavar="T",
-                        help="only events of this type ('task.*' and '*' work; repeatable)")
-    export.add_argument("--encrypted", action="store_true",
-                        help="write one Fernet token (under the newest key) a line instead of clear JSON")
+    export.add_argument(
+        "--type",
+        action="append",
+        metavar="T",
+        help="only events of this type ('task.*' and '*' work; repeatable)",
+    )
+    export.add_argument(
+        "--encrypted",
+        action="store_true",
+        help="write one Fernet token (under the newest key) a line instead of clear JSON",
+    )
     export.set_defaults(func=cmd_capture_export)
     status_help = "how many deliveries are kept, the oldest and the newest"
     status = actions.add_parser("status", help=status_help, description=status_help)

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import date, datetime, time, timezone
+from datetime import UTC, date, datetime, time
 from typing import Any
 
 import orjson
@@ -29,12 +29,14 @@ FERNET_PREFIX = b"gAAAAA"  # version byte 0x80 and the start of a timestamp, bas
 
 def capture_line(received_at: datetime, source: str, headers: Mapping[str, str], body: bytes) -> bytes:
     """One line of the capture file, without its newline (and without `duplicate`)."""
-    return orjson.dumps({
-        "received_at": received_at.astimezone(timezone.utc).isoformat(),
-        "source": source,
-        "headers": dict(headers),
-        "body": body.decode("utf-8"),
-    })
+    return orjson.dumps(
+        {
+            "received_at": received_at.astimezone(UTC).isoformat(),
+            "source": source,
+            "headers": dict(headers),
+            "body": body.decode("utf-8"),
+        }
+    )
 
 
 @dataclass(frozen=True)
@@ -66,9 +68,7 @@ class BadLine:
     reason: str
 
 
-def read_deliveries(
-    lines: Iterable[bytes], sealer: Callable[[int], Sealer]
-) -> Iterator[Delivery | BadLine]:
+def read_deliveries(lines: Iterable[bytes], sealer: Callable[[int], Sealer]) -> Iterator[Delivery | BadLine]:
     """Each non-blank line as a `Delivery` or a `BadLine`; `sealer(line_no)` opens tokens."""
     for line_no, raw in enumerate(lines, start=1):
         text = raw.strip()
@@ -99,29 +99,35 @@ def _bare_event(line_no: int, text: bytes) -> Delivery | BadLine:
     try:
         payload = parse_envelope(text)
     except PayloadError as exc:
-        return BadLine(line_no, f"neither a capture line (no \"body\") nor an event: {exc.message}")
+        return BadLine(line_no, f'neither a capture line (no "body") nor an event: {exc.message}')
     return Delivery(line_no, text, payload, received_at=parse_time(payload.get("created_at")))
 
 
 def _capture(line_no: int, obj: Mapping[str, Any]) -> Delivery | BadLine:
     body, source, headers = obj.get("body"), obj.get("source", "osma"), obj.get("headers", {})
     if not isinstance(body, str):
-        return BadLine(line_no, "\"body\" must be the raw body as a string")
+        return BadLine(line_no, '"body" must be the raw body as a string')
     received_at = parse_time(obj.get("received_at"))
     if received_at is None:
-        return BadLine(line_no, "\"received_at\" is missing or not an ISO 8601 time")
+        return BadLine(line_no, '"received_at" is missing or not an ISO 8601 time')
     if not isinstance(source, str) or not source:
-        return BadLine(line_no, "\"source\" must be a non-empty string")
+        return BadLine(line_no, '"source" must be a non-empty string')
     if not isinstance(headers, dict) or not all(isinstance(v, str) for v in headers.values()):
-        return BadLine(line_no, "\"headers\" must be an object of strings")
+        return BadLine(line_no, '"headers" must be an object of strings')
     raw = body.encode("utf-8", errors="surrogatepass")
     try:
         payload = parse_envelope(raw)
     except PayloadError as exc:
         return BadLine(line_no, f"its body is not an event: {exc.message}")
-    return Delivery(line_no, raw, payload, source=source, received_at=received_at,
-                    headers={k.lower(): v for k, v in headers.items()},
-                    duplicate=obj.get("duplicate") is True)
+    return Delivery(
+        line_no,
+        raw,
+        payload,
+        source=source,
+        received_at=received_at,
+        headers={k.lower(): v for k, v in headers.items()},
+        duplicate=obj.get("duplicate") is True,
+    )
 
 
 def parse_cli_time(option: str, value: str) -> datetime:
@@ -129,7 +135,7 @@ def parse_cli_time(option: str, value: str) -> datetime:
     text = value.strip()
     try:
         if len(text) == 10:
-            parsed = datetime.combine(date.fromisoformat(text), time(0), timezone.utc)
+            parsed = datetime.combine(date.fromisoformat(text), time(0), UTC)
         else:
             parsed = datetime.fromisoformat(text.replace("Z", "+00:00").replace("z", "+00:00"))
     except ValueError:
@@ -137,8 +143,8 @@ def parse_cli_time(option: str, value: str) -> datetime:
             f"{option} {value!r} is not an ISO 8601 date or time (e.g. 2026-11-20 or 2026-11-20T10:00:00Z)"
         ) from None
     if parsed.tzinfo is None:
-        parsed = parsed.replace(tzinfo=timezone.utc)
-    return parsed.astimezone(timezone.utc)
+        parsed = parsed.replace(tzinfo=UTC)
+    return parsed.astimezone(UTC)
 
 
 @dataclass(frozen=True)

@@ -270,7 +270,9 @@ def cmd_dev(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="osma-router", description=DESCRIPTION, epilog=EPILOG,
+        prog="osma-router",
+        description=DESCRIPTION,
+        epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -279,16 +281,26 @@ def build_parser() -> argparse.ArgumentParser:
     def add(name: str, func: Command, help_: str) -> argparse.ArgumentParser:
         return add_command(sub, name, func, help_)
 
-    p = add("dev", cmd_dev, "run everything for a local try-out: Redis (embedded unless "
-            "OSMA_ROUTER_REDIS_URL is set), the receiver and one worker; Ctrl-C stops it all")
+    p = add(
+        "dev",
+        cmd_dev,
+        "run everything for a local try-out: Redis (embedded unless "
+        "OSMA_ROUTER_REDIS_URL is set), the receiver and one worker; Ctrl-C stops it all",
+    )
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=8000, help="port to listen on (default 8000)")
-    p.add_argument("--https", action="store_true",
-                   help="serve HTTPS with a self-signed certificate for localhost (made once, "
-                   "kept in .osma-router/tls/) and print how to trust it")
+    p.add_argument(
+        "--https",
+        action="store_true",
+        help="serve HTTPS with a self-signed certificate for localhost (made once, "
+        "kept in .osma-router/tls/) and print how to trust it",
+    )
 
-    p = add("serve", cmd_serve, "run the receiver (uvicorn); needs OSMA_ROUTER_REDIS_URL and "
-            "OSMA_ROUTER_WEBHOOK_SECRETS")
+    p = add(
+        "serve",
+        cmd_serve,
+        "run the receiver (uvicorn); needs OSMA_ROUTER_REDIS_URL and OSMA_ROUTER_WEBHOOK_SECRETS",
+    )
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=8000, help="port to listen on (default 8000)")
     p.add_argument("--workers", type=int, default=1, help="uvicorn worker processes (default 1)")
@@ -296,36 +308,51 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tls-key", metavar="FILE", help="PEM private key for --tls-cert")
 
     p = add("worker", cmd_worker, "run a worker that executes handler jobs")
-    p.add_argument("--burst", action="store_true",
-                   help="exit (0) when the queues are empty; scheduled retries stay scheduled")
-    p.add_argument("--queues", nargs="+", metavar="QUEUE",
-                   help="queues to work on (default: every queue the routes use)")
+    p.add_argument(
+        "--burst",
+        action="store_true",
+        help="exit (0) when the queues are empty; scheduled retries stay scheduled",
+    )
+    p.add_argument(
+        "--queues", nargs="+", metavar="QUEUE", help="queues to work on (default: every queue the routes use)"
+    )
 
     p = add("sign", cmd_sign, "print the osma-signature header value for FILE's bytes")
     p.add_argument("--secret", required=True, help="the signing secret (e.g. whsec_...)")
     p.add_argument("--timestamp", type=int, help="unix seconds to sign with (default: now)")
     p.add_argument("file", metavar="FILE", help="the body to sign ('-' for standard input)")
 
-    p = add("send", cmd_send, "sign FILE and POST it to URL; print the status and body "
-            "(exit 0 on 2xx, 1 otherwise)")
+    p = add(
+        "send",
+        cmd_send,
+        "sign FILE and POST it to URL; print the status and body (exit 0 on 2xx, 1 otherwise)",
+    )
     p.add_argument("url", metavar="URL", help="e.g. http://127.0.0.1:8000/webhooks/osma")
     p.add_argument("file", metavar="FILE", help="the event JSON to send ('-' for standard input)")
     p.add_argument("--secret", required=True, help="the signing secret")
     p.add_argument("--timeout", type=float, default=10.0, help="seconds to wait (default 10)")
 
-    add("check-config", cmd_check_config, "load settings and routes, print what is configured "
-        "(secrets masked); exit 1 on a bad configuration")
+    add(
+        "check-config",
+        cmd_check_config,
+        "load settings and routes, print what is configured (secrets masked); exit 1 on a bad configuration",
+    )
 
     p = add("failed", lambda a: 0, "inspect and requeue handler jobs that ran out of retries")
     failed_sub = p.add_subparsers(dest="failed_command", metavar="ACTION")
     failed_sub.required = True
     fl = failed_sub.add_parser("list", help="one row per failed job", description="one row per failed job")
     fl.set_defaults(func=cmd_failed_list)
-    fs = failed_sub.add_parser("show", help="details of one failed job", description="details of one failed job")
+    fs = failed_sub.add_parser(
+        "show", help="details of one failed job", description="details of one failed job"
+    )
     fs.add_argument("id", metavar="JOB_ID")
     fs.set_defaults(func=cmd_failed_show)
-    fr = failed_sub.add_parser("retry", help="requeue one failed job, or all of them",
-                               description="requeue one failed job, or all of them")
+    fr = failed_sub.add_parser(
+        "retry",
+        help="requeue one failed job, or all of them",
+        description="requeue one failed job, or all of them",
+    )
     fr.add_argument("id", nargs="?", metavar="JOB_ID")
     fr.add_argument("--all", action="store_true", help="requeue every failed job")
     fr.set_defaults(func=cmd_failed_retry)

@@ -88,8 +88,14 @@ class Context:
         """This job's effect named `step`, for `ctx.ledger.perform` (see `receiver/ledger.py`)."""
         from .ledger import Effect
 
-        return Effect(self.idempotency_key(step), intent=dict(intent or {}), event_id=self.event_id,
-                      label=self.handler, scope=scope, owner=self.job_id)
+        return Effect(
+            self.idempotency_key(step),
+            intent=dict(intent or {}),
+            event_id=self.event_id,
+            label=self.handler,
+            scope=scope,
+            owner=self.job_id,
+        )
 
     def now(self) -> datetime:
         return self.clock()

@@ -15,7 +15,7 @@ import asyncio
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from enum import Enum
 from typing import Generic, TypeVar
 
@@ -33,7 +33,8 @@ RQ_JOB_PREFIX = "rq:job:"
 # KEYS: [1] rq:queues, then per event: its dedup key, [its capture key,] then per job:
 #       job key, queue key.
 # ARGV: ttl_ms, now, every route's job-hash template as one JSON array of flat field lists
-#       (built once at start-up, so each call sends one constant string), event count, per event: job count, mode (1: force, 2: capture),
+#       (built once at start-up, so each call sends one constant string), event count,
+#       per event: job count, mode (1: force, 2: capture),
 #       [capture: token, min entry id (ms), max count, ttl_ms,]
 #       per job: template no., job id, data, description.
 # A forced event (a replay, under job ids of its own) queues its jobs even when seen and
@@ -125,7 +126,7 @@ def dedup_key(source: str, event_id: str) -> str:
 
 
 def rq_timestamp(moment: datetime | None = None) -> str:
-    moment = moment or datetime.now(timezone.utc)
+    moment = moment or datetime.now(UTC)
     return moment.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 

@@ -44,9 +44,13 @@ def run_dev(host: str = "127.0.0.1", port: int = 8000, https: bool = False) -> i
     signal.signal(signal.SIGINT, stop)
     signal.signal(signal.SIGTERM, stop)
     try:
-        children.append(subprocess.Popen(
-            [*command, "serve", "--host", host, "--port", str(port), *tls], env=env,
-            start_new_session=True))
+        children.append(
+            subprocess.Popen(
+                [*command, "serve", "--host", host, "--port", str(port), *tls],
+                env=env,
+                start_new_session=True,
+            )
+        )
         children.append(subprocess.Popen([*command, "worker"], env=env, start_new_session=True))
         url = f"{'https' if https else 'http'}://{host}:{port}"
         trust = ""
@@ -70,7 +74,8 @@ def run_dev(host: str = "127.0.0.1", port: int = 8000, https: bool = False) -> i
             for child in children:
                 if child.poll() is not None:
                     raise ConfigError(
-                        f"a dev process exited with status {child.returncode}; stopping the rest")
+                        f"a dev process exited with status {child.returncode}; stopping the rest"
+                    )
             time.sleep(0.2)
         print("\nstopping…", flush=True)
         return 0

@@ -11,12 +11,13 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from enum import Enum
+from datetime import UTC, datetime
 from typing import Any
 
 import orjson
 from redis import Redis
-from rq.job import Job, Retry
+from rq.job import Job, JobStatus, Retry
 from rq.serializers import JSONSerializer
 
 from .crypto import Sealer
@@ -54,12 +55,14 @@ def route_template(route: Route, queue: str) -> tuple[bytes | str | int | float,
         retry=Retry(max=route.retries, interval=intervals) if route.retries else None,
     )
     job.origin = queue
-    job._status = "queued"  # noqa: SLF001 - RQ sets it the same way in _prepare_for_queue
+    job._status = JobStatus.QUEUED  # RQ sets it the same way in _prepare_for_queue
     fields = job.to_dict()
     for varying in ("data", "created_at", "enqueued_at", "description"):
         fields.pop(varying, None)
     flat: list[bytes | str | int | float] = []
     for name, value in fields.items():
+        if isinstance(value, Enum):
+            value = value.value
         if value != "":  # RQ reads an absent field as empty: send less on every delivery
             flat.extend((name, value))
     return tuple(flat)
@@ -81,8 +84,16 @@ class JobBuilder:
         return route.queue or self.default_queue
 
     def build(
-        self, source: str, event_id: str, event_type: str, body: bytes, received_at: datetime,
-        routes: Sequence[Route], *, clock: str | None = None, sealed_line: str | None = None,
+        self,
+        source: str,
+        event_id: str,
+        event_type: str,
+        body: bytes,
+        received_at: datetime,
+        routes: Sequence[Route],
+        *,
+        clock: str | None = None,
+        sealed_line: str | None = None,
     ) -> list[JobWrite]:
         """One job write per route; `clock="received_at"` pins handlers' clock (replays).
 
@@ -97,7 +108,7 @@ class JobBuilder:
             payload = {"sealed": self.sealer.seal(body)}
         else:
             payload = {"body": body.decode("utf-8")}
-        received = received_at.astimezone(timezone.utc).isoformat()
+        received = received_at.astimezone(UTC).isoformat()
         writes = []
         for route in routes:
             spec = {

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 import orjson
@@ -75,9 +75,7 @@ def parse_envelope(body: bytes) -> dict[str, Any]:
     for name in ("id", "type"):
         value = payload.get(name)
         if not isinstance(value, str) or not value:
-            raise PayloadError(
-                f"the event needs a non-empty string {name!r}", error_type="invalid_envelope"
-            )
+            raise PayloadError(f"the event needs a non-empty string {name!r}", error_type="invalid_envelope")
     return payload
 
 
@@ -90,8 +88,8 @@ def parse_time(value: Any) -> datetime | None:
     except ValueError:
         return None
     if parsed.tzinfo is None:
-        parsed = parsed.replace(tzinfo=timezone.utc)
-    return parsed.astimezone(timezone.utc)
+        parsed = parsed.replace(tzinfo=UTC)
+    return parsed.astimezone(UTC)
 
 
 def build_event(payload: Mapping[str, Any], *, source: str, received_at: datetime) -> Event:

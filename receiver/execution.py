@@ -17,10 +17,10 @@ from redis import Redis
 from rq.job import Job, get_current_job
 
 from .context import Context
-from .logs import ContextLogger
 from .crypto import Sealer
 from .events import Event, build_event, parse_time
 from .exceptions import ConfigError, PermanentError, RateLimited, is_retryable
+from .logs import ContextLogger
 from .plugins import HandlerRegistry
 from .routes import Config, load_config
 from .settings import Settings
@@ -45,10 +45,12 @@ class WorkerRuntime:
         # The Osma / OGSM clients and their connections, shared by this process's jobs.
         self.upstream = Upstream(self.settings, self.redis)
 
-    _current: ClassVar["WorkerRuntime | None"] = None  # one per process, set by the worker
+    _current: ClassVar[WorkerRuntime | None] = None  # one per process, set by the worker
 
     @classmethod
-    def build(cls, settings: Settings, redis: Redis, registry: HandlerRegistry | None = None) -> WorkerRuntime:
+    def build(
+        cls, settings: Settings, redis: Redis, registry: HandlerRegistry | None = None
+    ) -> WorkerRuntime:
         registry = registry or HandlerRegistry.discover()
         config = load_config(settings.config_path, registry)
         sealer = Sealer(settings.encryption_keys) if settings.encryption_keys else None
@@ -149,6 +151,6 @@ def _record_failure(job: Job, exc: BaseException, attempt: int) -> None:
     job.meta["last_error"] = f"{kind}: {message}"[:500]
     job.meta["retrying"] = bool(job.retries_left)
     try:
-        job.save_meta()
+        job.save_meta()  # type: ignore[no-untyped-call]
     except Exception:  # the retry bookkeeping below still happens through RQ
         log.warning("could not save the failure reason of a job", extra={"job_id": job.id})

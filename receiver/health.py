@@ -36,8 +36,9 @@ def check_worker(host: str, timeout: float) -> str | None:
     from .settings import Settings
 
     settings = Settings.from_env()
-    redis = Redis.from_url(settings.require_redis_url(), socket_timeout=timeout,
-                           socket_connect_timeout=timeout)
+    redis = Redis.from_url(
+        settings.require_redis_url(), socket_timeout=timeout, socket_connect_timeout=timeout
+    )
     try:
         workers = Worker.all(connection=redis, serializer=JSONSerializer)
     finally:
@@ -50,8 +51,11 @@ def check_worker(host: str, timeout: float) -> str | None:
 def cmd_healthcheck(args: argparse.Namespace) -> int:
     from .cli import fail
 
-    problem = (check_worker(args.host or socket.gethostname(), args.timeout) if args.worker
-               else check_http(args.url, args.timeout))
+    problem = (
+        check_worker(args.host or socket.gethostname(), args.timeout)
+        if args.worker
+        else check_http(args.url, args.timeout)
+    )
     if problem is not None:
         return fail(f"unhealthy: {problem}")
     return 0
@@ -61,11 +65,16 @@ def add_commands(sub: Any) -> None:
     """`osma-router healthcheck`."""
     from .cli import add_command
 
-    parser = add_command(sub, "healthcheck", cmd_healthcheck,
-                         "exit 0 when the local receiver answers /healthz (or, with --worker, when "
-                         "this host's worker is alive in Redis); for container healthchecks")
+    parser = add_command(
+        sub,
+        "healthcheck",
+        cmd_healthcheck,
+        "exit 0 when the local receiver answers /healthz (or, with --worker, when "
+        "this host's worker is alive in Redis); for container healthchecks",
+    )
     parser.add_argument("--url", default=DEFAULT_URL, help=f"what to GET (default {DEFAULT_URL})")
-    parser.add_argument("--worker", action="store_true",
-                        help="check this host's worker instead (needs OSMA_ROUTER_REDIS_URL)")
+    parser.add_argument(
+        "--worker", action="store_true", help="check this host's worker instead (needs OSMA_ROUTER_REDIS_URL)"
+    )
     parser.add_argument("--host", help="with --worker: the host name to look for (default: this host)")
     parser.add_argument("--timeout", type=float, default=3.0, help="seconds (default 3)")

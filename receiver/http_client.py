@@ -145,7 +145,10 @@ class HTTPCore:
             content = orjson.dumps(call.json)
             headers["content-type"] = "application/json"
         return client.build_request(
-            call.method, call.path.lstrip("/"), params=dict(call.params or {}), content=content,
+            call.method,
+            call.path.lstrip("/"),
+            params=dict(call.params or {}),
+            content=content,
             headers=headers,
         )
 
@@ -184,18 +187,29 @@ class HTTPCore:
         if status == 429:
             wait = retry_after_seconds(response.headers.get("retry-after"))
             _count(lambda: count_rate_limit_wait(_stats_redis, self.upstream, wait))
-            raise RateLimited(f"{where}: 429 {reason}; retry after {wait:g} s{suffix}",
-                              retry_after=wait, status_code=status, body=body)
+            raise RateLimited(
+                f"{where}: 429 {reason}; retry after {wait:g} s{suffix}",
+                retry_after=wait,
+                status_code=status,
+                body=body,
+            )
         if status >= 500 or status in (408, 425):
             raise Unavailable(f"{where}: {status} {reason}{suffix}", status_code=status, body=body)
         if 300 <= status < 400:
             raise Unavailable(f"{where}: unexpected redirect {status}{suffix}", status_code=status, body=body)
         raise Rejected(f"{where}: {status} {reason}{suffix}", status_code=status, body=body)
 
-    def _log(self, call: Call, status: int | None, request_id: str | None, started: float,
-             reason: str | None = None) -> None:
-        outcome: int | str = status if status is not None else ("timeout" if reason and "Timeout" in reason
-                                                                  else "error")
+    def _log(
+        self,
+        call: Call,
+        status: int | None,
+        request_id: str | None,
+        started: float,
+        reason: str | None = None,
+    ) -> None:
+        outcome: int | str = (
+            status if status is not None else ("timeout" if reason and "Timeout" in reason else "error")
+        )
         _count(lambda: count_upstream_call(_stats_redis, self.upstream, outcome))
         # Method and path template only: ids in paths are opaque, payloads never logged.
         log.info(
@@ -275,4 +289,3 @@ def segment(value: str | int) -> str:
     if not text or text in (".", ".."):
         raise InvalidRequest(f"{text!r} is not a resource id")
     return quote(text, safe="")
-

@@ -92,8 +92,14 @@ class Outcome:
 class EffectsLedger:
     """Intent and outcome of each effect, in Redis. See the module docstring."""
 
-    def __init__(self, redis: Redis, *, retention: int = RETENTION, lock_ttl: int = LOCK_TTL,
-                 lock_wait: float = LOCK_WAIT) -> None:
+    def __init__(
+        self,
+        redis: Redis,
+        *,
+        retention: int = RETENTION,
+        lock_ttl: int = LOCK_TTL,
+        lock_wait: float = LOCK_WAIT,
+    ) -> None:
         self.redis = redis
         self.retention = retention
         self.lock_ttl = lock_ttl
@@ -152,8 +158,9 @@ class EffectsLedger:
         finally:
             self._release(keys=[key], args=[token])
 
-    def perform(self, effect: Effect, act: Callable[[], Result], *,
-                reconcile: Reconcile | None = None) -> Outcome:
+    def perform(
+        self, effect: Effect, act: Callable[[], Result], *, reconcile: Reconcile | None = None
+    ) -> Outcome:
         """Make the effect happen once; see the module docstring."""
         with self.locked(f"effect:{effect.key}", owner=effect.owner):
             key = self._key(effect.key)
@@ -166,8 +173,10 @@ class EffectsLedger:
                 found = reconcile(orjson.loads(intent or b"{}"), self.claimed(effect.scope))
                 if found is not None:
                     return self._record(effect, "done", found, reconciled=True)
-            self.redis.hset(key, mapping={"state": "intent", "intent": orjson.dumps(effect.intent),
-                                          "intent_at": time.time()})
+            self.redis.hset(
+                key,
+                mapping={"state": "intent", "intent": orjson.dumps(effect.intent), "intent_at": time.time()},
+            )
             self.redis.expire(key, self.retention)
             return self._record(effect, "done", act())
 
@@ -179,8 +188,15 @@ class EffectsLedger:
         encoded = orjson.dumps(result)
         with self.redis.pipeline(transaction=True) as pipe:
             key = self._key(effect.key)
-            pipe.hset(key, mapping={"state": state, "result": encoded, "done_at": time.time(),
-                                    "reconciled": int(reconciled)})
+            pipe.hset(
+                key,
+                mapping={
+                    "state": state,
+                    "result": encoded,
+                    "done_at": time.time(),
+                    "reconciled": int(reconciled),
+                },
+            )
             pipe.expire(key, self.retention)
             if effect.event_id and effect.label:
                 event_key = self._event_key(effect.event_id)

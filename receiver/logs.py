@@ -7,17 +7,36 @@ careless `extra={"event": payload}` cannot leak member or task data into the log
 from __future__ import annotations
 
 import logging
-from collections.abc import MutableMapping
-from typing import Any
 import sys
-from datetime import datetime, timezone
+from collections.abc import MutableMapping
+from datetime import UTC, datetime
+from typing import Any
 
 import orjson
 
 ALLOWED_FIELDS = (
-    "request_id", "event_id", "event_type", "source", "outcome", "jobs", "job_id", "handler",
-    "route", "attempt", "status", "reason", "error_type", "queue", "duration_ms", "url",
-    "upstream", "upstream_request_id", "retry_in", "connector", "records", "worker",
+    "request_id",
+    "event_id",
+    "event_type",
+    "source",
+    "outcome",
+    "jobs",
+    "job_id",
+    "handler",
+    "route",
+    "attempt",
+    "status",
+    "reason",
+    "error_type",
+    "queue",
+    "duration_ms",
+    "url",
+    "upstream",
+    "upstream_request_id",
+    "retry_in",
+    "connector",
+    "records",
+    "worker",
     "client",
 )
 
@@ -25,7 +44,7 @@ ALLOWED_FIELDS = (
 class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         entry: dict[str, object] = {
-            "ts": datetime.fromtimestamp(record.created, timezone.utc).isoformat(timespec="milliseconds"),
+            "ts": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
             "level": record.levelname.lower(),
             "logger": record.name,
             "msg": record.getMessage(),
@@ -44,7 +63,9 @@ class ConsoleFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         time = datetime.fromtimestamp(record.created).strftime("%H:%M:%S")
         fields = " ".join(
-            f"{name}={record.__dict__[name]}" for name in ALLOWED_FIELDS if record.__dict__.get(name) is not None
+            f"{name}={record.__dict__[name]}"
+            for name in ALLOWED_FIELDS
+            if record.__dict__.get(name) is not None
         )
         line = f"{time} {record.levelname:<7} {record.name}: {record.getMessage()}"
         if record.exc_info and record.exc_info[0] is not None:

@@ -37,7 +37,7 @@ from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 from redis import Redis
 
-disable_created_metrics()
+disable_created_metrics()  # type: ignore[no-untyped-call]
 
 JOB_COUNTS_KEY = "osma_router:metrics:jobs"
 UPSTREAM_CALLS_KEY = "osma_router:metrics:upstream"
@@ -109,7 +109,8 @@ class JobCounts(Collector):
 
     def collect(self) -> Iterator[CounterMetricFamily]:
         family = CounterMetricFamily(
-            "osma_router_jobs", "Handler jobs run by the workers, by handler and outcome.",
+            "osma_router_jobs",
+            "Handler jobs run by the workers, by handler and outcome.",
             labels=["handler", "outcome"],
         )
         try:
@@ -117,7 +118,8 @@ class JobCounts(Collector):
         except Exception:  # a scrape must not fail because Redis is away
             counts = {}
         for field, value in sorted(counts.items()):
-            handler, _, outcome = field.decode().rpartition("|")
+            name = field.decode() if isinstance(field, bytes) else field
+            handler, _, outcome = name.rpartition("|")
             family.add_metric([handler, outcome], float(value))
         yield family
 
@@ -162,8 +164,9 @@ class ServiceState(Collector):
             return
         up.add_metric([], 1.0)
         yield up
-        depth = GaugeMetricFamily("osma_router_queue_depth", "Jobs waiting to run, by queue.",
-                                  labels=["queue"])
+        depth = GaugeMetricFamily(
+            "osma_router_queue_depth", "Jobs waiting to run, by queue.", labels=["queue"]
+        )
         registry = GaugeMetricFamily(
             "osma_router_queue_jobs",
             "Jobs in a queue's RQ registries: started (running), scheduled (retry pending), "
@@ -179,19 +182,25 @@ class ServiceState(Collector):
         alive = GaugeMetricFamily("osma_router_workers", "Workers alive (heartbeat in Redis).")
         alive.add_metric([], float(workers))
         yield alive
-        calls = CounterMetricFamily("osma_router_upstream_calls",
-                                    "Calls to upstream APIs by the workers, by upstream and status.",
-                                    labels=["upstream", "status"])
+        calls = CounterMetricFamily(
+            "osma_router_upstream_calls",
+            "Calls to upstream APIs by the workers, by upstream and status.",
+            labels=["upstream", "status"],
+        )
         for field, value in sorted(upstream.items()):
             name, _, status = field.decode().rpartition("|")
             calls.add_metric([name, status], float(value))
         yield calls
-        wait_count = CounterMetricFamily("osma_router_rate_limit_waits",
-                                         "Times a worker waited for an upstream's rate budget.",
-                                         labels=["upstream"])
-        wait_seconds = CounterMetricFamily("osma_router_rate_limit_wait_seconds",
-                                           "Seconds workers spent waiting for rate budgets.",
-                                           labels=["upstream"])
+        wait_count = CounterMetricFamily(
+            "osma_router_rate_limit_waits",
+            "Times a worker waited for an upstream's rate budget.",
+            labels=["upstream"],
+        )
+        wait_seconds = CounterMetricFamily(
+            "osma_router_rate_limit_wait_seconds",
+            "Seconds workers spent waiting for rate budgets.",
+            labels=["upstream"],
+        )
         for field, value in sorted(waits.items()):
             name, _, kind = field.decode().rpartition("|")
             (wait_count if kind == "waits" else wait_seconds).add_metric([name], float(value))

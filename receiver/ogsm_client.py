@@ -28,6 +28,7 @@ from .http_client import JSON, AsyncSender, Call, HTTPCore, SyncSender, segment
 
 R = TypeVar("R")  # what one call gives: a JSON value, or an awaitable of one
 
+
 def iso_date(value: date | str) -> str:
     """`YYYY-MM-DD`, as OGSM's `at` wants it."""
     if isinstance(value, datetime):
@@ -61,6 +62,7 @@ def describe_ogsm_error(response: httpx.Response) -> str:
 
 def _where(**wanted: Any) -> Callable[[JSON], JSON]:
     """A client-side filter of a list answer: OGSM documents no query parameters."""
+
     def matches(item: Any) -> bool:
         for path, expected in wanted.items():
             value = item
@@ -71,7 +73,11 @@ def _where(**wanted: Any) -> Callable[[JSON], JSON]:
         return True
 
     def keep(items: JSON) -> JSON:
-        return [item for item in items if isinstance(item, dict) and matches(item)] if isinstance(items, list) else items
+        return (
+            [item for item in items if isinstance(item, dict) and matches(item)]
+            if isinstance(items, list)
+            else items
+        )
 
     return keep
 
@@ -106,12 +112,23 @@ class ReportResource(ListResource[R]):
             wanted[f"{self.target}.id"] = target_id
         if at is not None:
             wanted["at"] = iso_date(at)
-        return self._api._send(Call("GET", f"{self.name}.json", f"GET /{self.name}",
-                                    transform=_where(**wanted) if wanted else None))
+        return self._api._send(
+            Call(
+                "GET",
+                f"{self.name}.json",
+                f"GET /{self.name}",
+                transform=_where(**wanted) if wanted else None,
+            )
+        )
 
     def create(self, target_id: int, at: date | str, value: float) -> R:
-        body = {f"{self.target}_report": {self.target: {"id": target_id}, "at": iso_date(at),
-                                           "current_value": check_value(value)}}
+        body = {
+            f"{self.target}_report": {
+                self.target: {"id": target_id},
+                "at": iso_date(at),
+                "current_value": check_value(value),
+            }
+        }
         return self._api._send(Call("POST", f"{self.name}.json", f"POST /{self.name}", json=body))
 
 
@@ -125,8 +142,14 @@ class ActionResource(ListResource[R]):
         return self._api._send(Call("POST", "actions.json", "POST /actions", json={"action": dict(fields)}))
 
     def update(self, action_id: int | str, fields: Mapping[str, Any]) -> R:
-        return self._api._send(Call("PATCH", f"actions/{segment(action_id)}.json", "PATCH /actions/:id",
-                                    json={"action": dict(fields)}))
+        return self._api._send(
+            Call(
+                "PATCH",
+                f"actions/{segment(action_id)}.json",
+                "PATCH /actions/:id",
+                json={"action": dict(fields)},
+            )
+        )
 
     def delete(self, action_id: int | str) -> R:
         return self._api._send(Call("DELETE", f"actions/{segment(action_id)}.json", "DELETE /actions/:id"))
@@ -151,23 +174,43 @@ class _OgsmAPI(_API[R]):
         raise ValueError(f"no reports of {target!r}")
 
 
-def ogsm_core(base_url: str, username: str, password: str, timeout: float | httpx.Timeout | None,
-              max_inline_wait: float | None) -> HTTPCore:
+def ogsm_core(
+    base_url: str,
+    username: str,
+    password: str,
+    timeout: float | httpx.Timeout | None,
+    max_inline_wait: float | None,
+) -> HTTPCore:
     if not base_url or not username or not password:
         raise InvalidRequest("the OGSM client needs a base URL, a username and a password")
-    return HTTPCore(upstream="ogsm", base_url=base_url, auth=(username, password),
-                    headers={"accept": "application/json", "user-agent": "osma-router"},
-                    timeout=timeout, max_inline_wait=max_inline_wait, describe_error=describe_ogsm_error)
+    return HTTPCore(
+        upstream="ogsm",
+        base_url=base_url,
+        auth=(username, password),
+        headers={"accept": "application/json", "user-agent": "osma-router"},
+        timeout=timeout,
+        max_inline_wait=max_inline_wait,
+        describe_error=describe_ogsm_error,
+    )
 
 
 class OgsmClient(_OgsmAPI[JSON]):
     """The OGSM API, blocking. See the module docstring."""
 
-    def __init__(self, base_url: str, username: str, password: str, *,
-                 timeout: float | httpx.Timeout | None = None, max_inline_wait: float | None = None,
-                 transport: httpx.BaseTransport | None = None) -> None:
+    def __init__(
+        self,
+        base_url: str,
+        username: str,
+        password: str,
+        *,
+        timeout: float | httpx.Timeout | None = None,
+        max_inline_wait: float | None = None,
+        transport: httpx.BaseTransport | None = None,
+    ) -> None:
         super().__init__()
-        self._sender = SyncSender(ogsm_core(base_url, username, password, timeout, max_inline_wait), transport)
+        self._sender = SyncSender(
+            ogsm_core(base_url, username, password, timeout, max_inline_wait), transport
+        )
 
     def _send(self, call: Call) -> JSON:
         return self._sender.send(call)
@@ -185,11 +228,20 @@ class OgsmClient(_OgsmAPI[JSON]):
 class AsyncOgsmClient(_OgsmAPI[Any]):
     """The OGSM API for `async def` handlers: every call is awaited."""
 
-    def __init__(self, base_url: str, username: str, password: str, *,
-                 timeout: float | httpx.Timeout | None = None, max_inline_wait: float | None = None,
-                 transport: httpx.AsyncBaseTransport | None = None) -> None:
+    def __init__(
+        self,
+        base_url: str,
+        username: str,
+        password: str,
+        *,
+        timeout: float | httpx.Timeout | None = None,
+        max_inline_wait: float | None = None,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
         super().__init__()
-        self._sender = AsyncSender(ogsm_core(base_url, username, password, timeout, max_inline_wait), transport)
+        self._sender = AsyncSender(
+            ogsm_core(base_url, username, password, timeout, max_inline_wait), transport
+        )
 
     def _send(self, call: Call) -> Any:
         return self._sender.send(call)

@@ -73,7 +73,9 @@ def validate_metadata(metadata: Any) -> None:
 def page_params(limit: int | None, starting_after: str | None, ending_before: str | None) -> dict[str, Any]:
     if starting_after is not None and ending_before is not None:
         raise InvalidRequest("use starting_after or ending_before, not both")
-    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= MAX_PAGE):
+    if limit is not None and (
+        isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= MAX_PAGE
+    ):
         raise InvalidRequest(f"limit must be a whole number from 1 to {MAX_PAGE}")
     params: dict[str, Any] = {}
     if limit is not None:
@@ -102,9 +104,7 @@ def describe_osma_error(response: httpx.Response) -> str:
     text = f"{body.get('type') or 'error'}: {body.get('message') or response.reason_phrase}"
     params = body.get("params")
     if isinstance(params, list) and params:
-        details = [
-            f"{p.get('param')}: {p.get('message')}" for p in params[:5] if isinstance(p, dict)
-        ]
+        details = [f"{p.get('param')}: {p.get('message')}" for p in params[:5] if isinstance(p, dict)]
         text += f" ({'; '.join(details)})"
     return text
 
@@ -129,14 +129,16 @@ class ReadResource(Generic[R, P]):
     def get(self, resource_id: str) -> R:
         return self._api._send(Call("GET", f"/{self.name}/{segment(resource_id)}", f"GET /{self.name}/:id"))
 
-    def list(self, *, limit: int | None = None, starting_after: str | None = None,
-             ending_before: str | None = None) -> R:
+    def list(
+        self, *, limit: int | None = None, starting_after: str | None = None, ending_before: str | None = None
+    ) -> R:
         """One page: `{"has_next": bool, "data": [...]}`."""
         params = page_params(limit, starting_after, ending_before)
         return self._api._send(Call("GET", f"/{self.name}", f"GET /{self.name}", params=params))
 
-    def iterate(self, *, limit: int = MAX_PAGE, starting_after: str | None = None,
-                ending_before: str | None = None) -> P:
+    def iterate(
+        self, *, limit: int = MAX_PAGE, starting_after: str | None = None, ending_before: str | None = None
+    ) -> P:
         """Every resource from the cursor on, page after page (backwards with `ending_before`)."""
         params = page_params(limit, starting_after, ending_before)
         return self._api._pages(Call("GET", f"/{self.name}", f"GET /{self.name}", params=params))
@@ -147,16 +149,32 @@ class Resource(ReadResource[R, P]):
 
     def create(self, fields: Mapping[str, Any], *, idempotency_key: str) -> R:
         self._check(fields)
-        return self._api._send(Call("POST", f"/{self.name}", f"POST /{self.name}", json=dict(fields),
-                                    headers=_check_idempotency_key(idempotency_key)))
+        return self._api._send(
+            Call(
+                "POST",
+                f"/{self.name}",
+                f"POST /{self.name}",
+                json=dict(fields),
+                headers=_check_idempotency_key(idempotency_key),
+            )
+        )
 
     def update(self, resource_id: str, fields: Mapping[str, Any], *, idempotency_key: str) -> R:
         self._check(fields)
-        return self._api._send(Call("POST", f"/{self.name}/{segment(resource_id)}", f"POST /{self.name}/:id",
-                                    json=dict(fields), headers=_check_idempotency_key(idempotency_key)))
+        return self._api._send(
+            Call(
+                "POST",
+                f"/{self.name}/{segment(resource_id)}",
+                f"POST /{self.name}/:id",
+                json=dict(fields),
+                headers=_check_idempotency_key(idempotency_key),
+            )
+        )
 
     def delete(self, resource_id: str) -> R:
-        return self._api._send(Call("DELETE", f"/{self.name}/{segment(resource_id)}", f"DELETE /{self.name}/:id"))
+        return self._api._send(
+            Call("DELETE", f"/{self.name}/{segment(resource_id)}", f"DELETE /{self.name}/:id")
+        )
 
     @staticmethod
     def _check(fields: Mapping[str, Any]) -> None:
@@ -184,15 +202,25 @@ class _OsmaAPI(_API[R, P]):
         self.files: FileResource[R, P] = FileResource(self)
 
 
-def osma_core(api_key: str, base_url: str, api_version: str, limiter: RateLimiter | None,
-              timeout: float | httpx.Timeout | None, max_inline_wait: float | None) -> HTTPCore:
+def osma_core(
+    api_key: str,
+    base_url: str,
+    api_version: str,
+    limiter: RateLimiter | None,
+    timeout: float | httpx.Timeout | None,
+    max_inline_wait: float | None,
+) -> HTTPCore:
     if not api_key:
         raise InvalidRequest("an Osma API key is needed (sk_live_... or sk_test_...)")
     return HTTPCore(
         upstream="osma",
         base_url=base_url,
-        headers={"osma-api-key": api_key, "osma-api-version": api_version, "accept": "application/json",
-                 "user-agent": "osma-router"},
+        headers={
+            "osma-api-key": api_key,
+            "osma-api-version": api_version,
+            "accept": "application/json",
+            "user-agent": "osma-router",
+        },
         limiter=limiter,
         timeout=timeout,
         max_inline_wait=max_inline_wait,
@@ -220,13 +248,22 @@ def _items(page: JSON) -> list[JSON]:
 class OsmaClient(_OsmaAPI[JSON, Iterator[JSON]]):
     """The Osma API, blocking. See the module docstring."""
 
-    def __init__(self, api_key: str, base_url: str = DEFAULT_BASE_URL, *, api_version: str = API_VERSION,
-                 limiter: RateLimiter | None = None, timeout: float | httpx.Timeout | None = None,
-                 max_inline_wait: float | None = None, transport: httpx.BaseTransport | None = None) -> None:
+    def __init__(
+        self,
+        api_key: str,
+        base_url: str = DEFAULT_BASE_URL,
+        *,
+        api_version: str = API_VERSION,
+        limiter: RateLimiter | None = None,
+        timeout: float | httpx.Timeout | None = None,
+        max_inline_wait: float | None = None,
+        transport: httpx.BaseTransport | None = None,
+    ) -> None:
         super().__init__()
         self.live_mode = api_key.startswith("sk_live_")
         self._sender = SyncSender(
-            osma_core(api_key, base_url, api_version, limiter, timeout, max_inline_wait), transport)
+            osma_core(api_key, base_url, api_version, limiter, timeout, max_inline_wait), transport
+        )
 
     @classmethod
     def shared_budget(cls, api_key: str, redis: Redis, **kwargs: Any) -> OsmaClient:
@@ -256,14 +293,22 @@ class OsmaClient(_OsmaAPI[JSON, Iterator[JSON]]):
 class AsyncOsmaClient(_OsmaAPI[Any, AsyncIterator[JSON]]):
     """The Osma API for `async def` handlers: every call is awaited."""
 
-    def __init__(self, api_key: str, base_url: str = DEFAULT_BASE_URL, *, api_version: str = API_VERSION,
-                 limiter: RateLimiter | None = None, timeout: float | httpx.Timeout | None = None,
-                 max_inline_wait: float | None = None,
-                 transport: httpx.AsyncBaseTransport | None = None) -> None:
+    def __init__(
+        self,
+        api_key: str,
+        base_url: str = DEFAULT_BASE_URL,
+        *,
+        api_version: str = API_VERSION,
+        limiter: RateLimiter | None = None,
+        timeout: float | httpx.Timeout | None = None,
+        max_inline_wait: float | None = None,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
         super().__init__()
         self.live_mode = api_key.startswith("sk_live_")
         self._sender = AsyncSender(
-            osma_core(api_key, base_url, api_version, limiter, timeout, max_inline_wait), transport)
+            osma_core(api_key, base_url, api_version, limiter, timeout, max_inline_wait), transport
+        )
 
     def _send(self, call: Call) -> Any:
         return self._sender.send(call)

@@ -60,8 +60,13 @@ _DATETIME = re.compile(
 _MISSING: Any = object()
 
 _JSON_TYPE_NAMES: dict[type, str] = {
-    str: "a string", int: "an integer", float: "a non-integer number", bool: "a boolean",
-    type(None): "null", list: "an array", dict: "an object",
+    str: "a string",
+    int: "an integer",
+    float: "a non-integer number",
+    bool: "a boolean",
+    type(None): "null",
+    list: "an array",
+    dict: "an object",
 }
 _EXPECTED = {
     "string": "a string",
@@ -223,14 +228,22 @@ class RecordValidator:
             for name in record:
                 if name not in self._names:
                     good = False
-                    report.add(RecordError(index, name, "unknown field: this connector rejects "
-                                                        "fields outside its schema"))
+                    report.add(
+                        RecordError(
+                            index, name, "unknown field: this connector rejects fields outside its schema"
+                        )
+                    )
         if not good:
             report.bad_records += 1
         return good
 
-    def validate(self, records: Sequence[Any], start: int = 0, stop: int | None = None,
-                 report: ValidationReport | None = None) -> ValidationReport:
+    def validate(
+        self,
+        records: Sequence[Any],
+        start: int = 0,
+        stop: int | None = None,
+        report: ValidationReport | None = None,
+    ) -> ValidationReport:
         """Check `records[start:stop]`; every problem is in the report, nothing raises."""
         report = report if report is not None else ValidationReport()
         check = self.check
@@ -259,11 +272,19 @@ def event_id_function(connector: Connector) -> Callable[[Mapping[str, Any], byte
     key = connector.key
     sha256, dumps = hashlib.sha256, orjson.dumps
     if key is None:
+
         def event_id(record: Mapping[str, Any], canonical: bytes) -> str:
             return prefix + sha256(canonical).hexdigest()[:16]
     else:
+
         def event_id(record: Mapping[str, Any], canonical: bytes) -> str:
-            return prefix + sha256(dumps(record.get(key))).hexdigest()[:16] + "_" + sha256(canonical).hexdigest()[:16]
+            return (
+                prefix
+                + sha256(dumps(record.get(key))).hexdigest()[:16]
+                + "_"
+                + sha256(canonical).hexdigest()[:16]
+            )
+
     return event_id
 
 
@@ -304,44 +325,57 @@ def _parse_connector(name: str, table: Mapping[str, Any], where_: str, env: Mapp
         raise ConfigError(f"{label}: the name may hold only letters, digits, '_' and '-' (at most 40)")
     unknown = set(table) - CONNECTOR_KEYS
     if unknown:
-        raise ConfigError(f"{label}: unknown key(s) {', '.join(sorted(unknown))} "
-                          f"(allowed: {', '.join(sorted(CONNECTOR_KEYS))})")
+        raise ConfigError(
+            f"{label}: unknown key(s) {', '.join(sorted(unknown))} "
+            f"(allowed: {', '.join(sorted(CONNECTOR_KEYS))})"
+        )
     header = table.get("header")
     if not isinstance(header, str) or not _HEADER_NAME.match(header):
-        raise ConfigError(f"{label}: needs `header = \"<HTTP header name>\"`, e.g. \"Authorization\"")
+        raise ConfigError(f'{label}: needs `header = "<HTTP header name>"`, e.g. "Authorization"')
     token_env = _token_variable(table.get("token"), label)
     token = env.get(token_env, "").strip()
     if not token:
         raise ConfigError(f"{label}: token: environment variable {token_env} is not set (or empty)")
     event_type = table.get("event_type")
     if not isinstance(event_type, str) or not _EVENT_TYPE.match(event_type):
-        raise ConfigError(f"{label}: needs `event_type = \"<type>\"`, e.g. \"osmos.{name}.record\"")
+        raise ConfigError(f'{label}: needs `event_type = "<type>"`, e.g. "osmos.{name}.record"')
     fields = _parse_fields(table.get("fields"), label)
     key = table.get("key")
     if key is not None and (not isinstance(key, str) or key not in {f.name for f in fields}):
         raise ConfigError(f"{label}: `key` must name one of the connector's fields")
     extra = table.get("extra", "ignore")
     if extra not in ("ignore", "reject"):
-        raise ConfigError(f"{label}: `extra` must be \"ignore\" or \"reject\"")
-    return Connector(name=name, header=header, token=Secret(token), token_env=token_env,
-                     event_type=event_type, fields=fields, key=key, extra=extra)
+        raise ConfigError(f'{label}: `extra` must be "ignore" or "reject"')
+    return Connector(
+        name=name,
+        header=header,
+        token=Secret(token),
+        token_env=token_env,
+        event_type=event_type,
+        fields=fields,
+        key=key,
+        extra=extra,
+    )
 
 
 def _token_variable(value: Any, label: str) -> str:
     if not isinstance(value, str) or not value.startswith("env:"):
         # Never echo the value: it may be a token someone pasted in clear.
-        raise ConfigError(f"{label}: `token` must be \"env:VARIABLE\" (the token is read from the "
-                          "environment, never written in the routes file)")
+        raise ConfigError(
+            f'{label}: `token` must be "env:VARIABLE" (the token is read from the '
+            "environment, never written in the routes file)"
+        )
     name = value[4:].strip()
     if not _ENV_NAME.match(name):
-        raise ConfigError(f"{label}: `token` must be \"env:VARIABLE\" with a valid variable name")
+        raise ConfigError(f'{label}: `token` must be "env:VARIABLE" with a valid variable name')
     return name
 
 
 def _parse_fields(value: Any, label: str) -> tuple[FieldSpec, ...]:
     if not isinstance(value, list) or not value:
-        raise ConfigError(f"{label}: needs `fields = [{{ name = \"...\", type = \"string\", "
-                          "nullable = false }, ...]`")
+        raise ConfigError(
+            f'{label}: needs `fields = [{{ name = "...", type = "string", nullable = false }}, ...]`'
+        )
     fields: list[FieldSpec] = []
     for position, item in enumerate(value, start=1):
         where = f"{label}: field #{position}"

@@ -20,7 +20,7 @@ import contextlib
 import logging
 import os
 from collections.abc import AsyncIterator, Mapping, Sequence
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 import orjson
@@ -126,11 +126,11 @@ def parse_records(body: bytes | bytearray) -> list[Any]:
     if isinstance(parsed, list):
         if len(parsed) > MAX_RECORDS:
             raise TooManyRecords(
-                f"the batch holds {len(parsed)} records; at most {MAX_RECORDS} are accepted at once")
+                f"the batch holds {len(parsed)} records; at most {MAX_RECORDS} are accepted at once"
+            )
         return parsed
     report = ValidationReport()
-    report.add(RecordError(None, None, "the body must be a JSON object (one record) or an array "
-                                       "of objects"))
+    report.add(RecordError(None, None, "the body must be a JSON object (one record) or an array of objects"))
     raise InvalidRecords("the body is not a record or an array of records; nothing was stored", report)
 
 
@@ -148,8 +148,7 @@ class OsmosIngest:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         state = self.state
-        request_id = (header(scope, b"x-request-id") or os.urandom(8).hex().encode()).decode(
-            "latin-1")[:64]
+        request_id = (header(scope, b"x-request-id") or os.urandom(8).hex().encode()).decode("latin-1")[:64]
         name = str(scope.get("path_params", {}).get("connector", ""))
         count: int | None = None
         try:
@@ -160,7 +159,7 @@ class OsmosIngest:
                 raise Unauthorized(f"the {connector.header} header is missing or wrong")
             check_media_type(header(scope, b"content-type"))
             body = await read_body_limited(scope, receive, state.settings.osmos_max_body_bytes)
-            received_at = datetime.fromtimestamp(state.clock(), timezone.utc)
+            received_at = datetime.fromtimestamp(state.clock(), UTC)
             async with self._gate(len(body)):
                 records = parse_records(body)
                 del body  # the parsed records are the one copy from here on
@@ -174,10 +173,18 @@ class OsmosIngest:
                 state.metrics.deliveries.labels(self.source, "rejected", exc.error_type).inc()
             log.info(
                 "osmos batch rejected",
-                extra={"request_id": request_id, "connector": name[:64], "source": self.source,
-                       "records": count, "status": exc.status_code, "error_type": exc.error_type},
+                extra={
+                    "request_id": request_id,
+                    "connector": name[:64],
+                    "source": self.source,
+                    "records": count,
+                    "status": exc.status_code,
+                    "error_type": exc.error_type,
+                },
             )
-            answer = exc.body() if isinstance(exc, InvalidRecords) else error_body(exc.error_type, exc.message)
+            answer = (
+                exc.body() if isinstance(exc, InvalidRecords) else error_body(exc.error_type, exc.message)
+            )
             await send_json(send, exc.status_code, answer, request_id)
             return
         state.metrics.deliveries.labels(self.source, "accepted", "").inc(outcome.fresh)
@@ -185,8 +192,13 @@ class OsmosIngest:
         if state.log_deliveries:
             log.info(
                 f"osmos batch stored: {outcome.fresh} new record(s), {outcome.duplicates} duplicate(s)",
-                extra={"request_id": request_id, "connector": name, "source": self.source,
-                       "records": count, "outcome": "accepted"},
+                extra={
+                    "request_id": request_id,
+                    "connector": name,
+                    "source": self.source,
+                    "records": count,
+                    "outcome": "accepted",
+                },
             )
         await send_json(send, 202, orjson.dumps({"status": "accepted", "records": count}), request_id)
 
@@ -207,16 +219,25 @@ class OsmosIngest:
         if report:
             raise InvalidRecords(
                 f"{report.bad_records} of {len(records)} record(s) break the connector's schema; "
-                "nothing was stored", report)
+                "nothing was stored",
+                report,
+            )
 
-    async def _store(self, connector: Connector, records: list[Any], received_at: datetime,
-                     request_id: str) -> BatchOutcome:
+    async def _store(
+        self, connector: Connector, records: list[Any], received_at: datetime, request_id: str
+    ) -> BatchOutcome:
         builder = self.state.pipeline.builder
         routes = self.state.pipeline.router.routes_for_type(connector.event_type)
-        layouts = [lay_out_route(builder, connector.event_type, received_at, route, builder.sealer is not None)
-                   for route in routes]
-        events = RecordEvents(connector, self.state.pipeline.router, routes,
-                              EventCoder(connector.event_type, received_at, builder.sealer))
+        layouts = [
+            lay_out_route(builder, connector.event_type, received_at, route, builder.sealer is not None)
+            for route in routes
+        ]
+        events = RecordEvents(
+            connector,
+            self.state.pipeline.router,
+            routes,
+            EventCoder(connector.event_type, received_at, builder.sealer),
+        )
         async with self._client_for(len(records)) as client:
             batch = self.store.open(connector.name, layouts, client)
             pending: asyncio.Future[None] | None = None
@@ -238,8 +259,11 @@ class OsmosIngest:
                 await self._abandon(batch, pending, request_id)
                 log.warning(
                     "could not store an osmos batch; answering 503 so the sender retries",
-                    extra={"request_id": request_id, "connector": connector.name,
-                           "reason": type(exc).__name__},
+                    extra={
+                        "request_id": request_id,
+                        "connector": connector.name,
+                        "reason": type(exc).__name__,
+                    },
                 )
                 raise Unavailable503("the event store is unavailable; retry later") from None
 
@@ -250,9 +274,12 @@ class OsmosIngest:
         if count <= CHUNK_RECORDS:
             yield self.state.redis
             return
-        client = AsyncRedis.from_url(self.state.settings.require_redis_url(),
-                                     socket_timeout=BATCH_REDIS_TIMEOUT,
-                                     socket_connect_timeout=REDIS_TIMEOUT, retry=AsyncRetry(NoBackoff(), 0))
+        client = AsyncRedis.from_url(
+            self.state.settings.require_redis_url(),
+            socket_timeout=BATCH_REDIS_TIMEOUT,
+            socket_connect_timeout=REDIS_TIMEOUT,
+            retry=AsyncRetry(NoBackoff(), 0),
+        )
         try:
             yield client
         finally:
@@ -266,16 +293,19 @@ class OsmosIngest:
         try:
             await batch.discard()
         except Exception as exc:  # the next batch's sweep removes it
-            log.info("could not discard a staged osmos batch; the next batch sweeps it",
-                     extra={"request_id": request_id, "reason": type(exc).__name__})
+            log.info(
+                "could not discard a staged osmos batch; the next batch sweeps it",
+                extra={"request_id": request_id, "reason": type(exc).__name__},
+            )
 
 
 class RecordEvents:
     """Turns records into a staging chunk: event ids, event bodies, and routes when some
     route of the event type has a `where` (then per record)."""
 
-    def __init__(self, connector: Connector, router: Router, routes: Sequence[Route],
-                 coder: EventCoder) -> None:
+    def __init__(
+        self, connector: Connector, router: Router, routes: Sequence[Route], coder: EventCoder
+    ) -> None:
         self.event_id = event_id_function(connector)
         self.coder = coder
         self.router = router

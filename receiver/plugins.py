@@ -139,5 +139,3 @@ class HandlerRegistry:
                 )
             registry.add(group)
         return registry
-
-

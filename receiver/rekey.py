@@ -174,13 +174,17 @@ def cmd_rekey(args: argparse.Namespace) -> int:
         rekeyer = Rekeyer(redis, Sealer(settings.encryption_keys), settings.encryption_keys[0].reveal())
         for name, report in iter_reports(rekeyer):
             unreadable += report.unreadable
-            print(f"{name}: {report.resealed} re-encrypted, {report.current} already under the newest key, "
-                  f"{report.unreadable} unreadable, {report.changed_meanwhile} changed meanwhile")
+            print(
+                f"{name}: {report.resealed} re-encrypted, {report.current} already under the newest key, "
+                f"{report.unreadable} unreadable, {report.changed_meanwhile} changed meanwhile"
+            )
     finally:
         redis.close()
     if unreadable:
-        raise PermanentError(f"{unreadable} stored payload(s) cannot be decrypted with any configured key: "
-                             "keep the key they were sealed with in OSMA_ROUTER_ENCRYPTION_KEYS")
+        raise PermanentError(
+            f"{unreadable} stored payload(s) cannot be decrypted with any configured key: "
+            "keep the key they were sealed with in OSMA_ROUTER_ENCRYPTION_KEYS"
+        )
     return 0
 
 
@@ -188,5 +192,10 @@ def add_commands(sub: Any) -> None:
     """`osma-router rekey`."""
     from .cli import add_command
 
-    add_command(sub, "rekey", cmd_rekey, "re-encrypt captured deliveries and queued job payloads under "
-                "the newest key of OSMA_ROUTER_ENCRYPTION_KEYS (run after putting a new key first)")
+    add_command(
+        sub,
+        "rekey",
+        cmd_rekey,
+        "re-encrypt captured deliveries and queued job payloads under "
+        "the newest key of OSMA_ROUTER_ENCRYPTION_KEYS (run after putting a new key first)",
+    )

@@ -22,7 +22,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any
 from urllib.parse import urlsplit
@@ -44,8 +44,9 @@ class Summary:
     read: int = 0
     selected: int = 0
     bad: int = 0
-    counts: dict[str, int] = field(default_factory=lambda: dict.fromkeys(
-        ("accepted", "duplicate", "rejected", "failed"), 0))
+    counts: dict[str, int] = field(
+        default_factory=lambda: dict.fromkeys(("accepted", "duplicate", "rejected", "failed"), 0)
+    )
 
     @property
     def sent(self) -> int:
@@ -57,8 +58,10 @@ class Summary:
 
     def describe(self) -> str:
         counts = ", ".join(f"{name} {count}" for name, count in self.counts.items())
-        return (f"replay: {self.selected} of {self.read} line(s) selected; sent {self.sent}: {counts}; "
-                f"bad lines {self.bad}")
+        return (
+            f"replay: {self.selected} of {self.read} line(s) selected; sent {self.sent}: {counts}; "
+            f"bad lines {self.bad}"
+        )
 
 
 @dataclass
@@ -72,11 +75,13 @@ class Replay:
     rate: float | None = None
     say: Callable[[str], None] = lambda text: print(text, file=sys.stderr)
     out: Callable[[str], None] = print
-    clock: Callable[[], datetime] = lambda: datetime.now(timezone.utc)
+    clock: Callable[[], datetime] = lambda: datetime.now(UTC)
 
     summary: Summary = field(default_factory=Summary)
 
-    def run(self, items: Iterator[Delivery | BadLine], advance: Callable[[int], None] = lambda n: None) -> Summary:
+    def run(
+        self, items: Iterator[Delivery | BadLine], advance: Callable[[int], None] = lambda n: None
+    ) -> Summary:
         summary = self.summary
         forced_ids: set[tuple[str, str]] = set()
         started, transport_errors = time.monotonic(), 0
@@ -95,7 +100,9 @@ class Replay:
             summary.selected += 1
             name = f"line {item.line_no} {item.event_id} {item.event_type}"
             if self.dry_run:
-                self.out(f"{name} received {received_at.isoformat()}: {self.target.preview(item, received_at)}")
+                self.out(
+                    f"{name} received {received_at.isoformat()}: {self.target.preview(item, received_at)}"
+                )
                 continue
             identity = (item.source, item.event_id)
             if self.force and identity in forced_ids:  # --force runs each event once per replay
@@ -110,8 +117,10 @@ class Replay:
                 self.say(f"{name}: {result.outcome}: {result.detail}")
             transport_errors = transport_errors + 1 if result.unreachable else 0
             if transport_errors >= GIVE_UP_AFTER:
-                raise RouterError(f"giving up after {GIVE_UP_AFTER} deliveries in a row failed "
-                                  f"({result.detail}); {summary.describe()}")
+                raise RouterError(
+                    f"giving up after {GIVE_UP_AFTER} deliveries in a row failed "
+                    f"({result.detail}); {summary.describe()}"
+                )
         return summary
 
 
@@ -147,7 +156,9 @@ def build_target(args: argparse.Namespace) -> Target:
         raise ConfigError("choose one of --to URL, --direct or --inline")
     if args.to:
         if args.force:
-            raise ConfigError("--force works with --direct and --inline only: over HTTP the receiver's dedup stands")
+            raise ConfigError(
+                "--force works with --direct and --inline only: over HTTP the receiver's dedup stands"
+            )
         if not args.secret:
             raise ConfigError("--to needs --secret (the receiver's signing secret)")
         return HttpTarget(webhook_url(args.to), args.secret, args.timeout)
@@ -211,8 +222,10 @@ def cmd_replay(args: argparse.Namespace) -> int:
         if source is not sys.stdin.buffer:
             source.close()
     if args.dry_run:
-        print(f"dry run: {summary.selected} of {summary.read} line(s) selected, bad lines {summary.bad}; "
-              "nothing was sent or changed")
+        print(
+            f"dry run: {summary.selected} of {summary.read} line(s) selected, bad lines {summary.bad}; "
+            "nothing was sent or changed"
+        )
         return 0 if summary.bad == 0 else 1
     print(summary.describe())
     return 0 if summary.ok else 1
@@ -231,12 +244,20 @@ class _progress:
         from rich.console import Console
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-        self._bar = Progress(TextColumn("replay"), BarColumn(), MofNCompleteColumn(), TextColumn("lines"),
-                             TimeRemainingColumn(), console=Console(stderr=True), transient=True)
+        self._bar = Progress(
+            TextColumn("replay"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("lines"),
+            TimeRemainingColumn(),
+            console=Console(stderr=True),
+            transient=True,
+        )
         self._bar.start()
         task = self._bar.add_task("replay", total=self.total)
-        return (lambda n: self._bar.advance(task, n)), (lambda text: self._bar.console.print(text, markup=False,
-                                                                                             highlight=False))
+        return (lambda n: self._bar.advance(task, n)), (
+            lambda text: self._bar.console.print(text, markup=False, highlight=False)
+        )
 
     def __exit__(self, *exc: object) -> None:
         if self._bar is not None:
@@ -247,26 +268,53 @@ def add_commands(sub: Any) -> None:
     """`osma-router replay FILE.jsonl (--to URL --secret S | --direct | --inline) ...`."""
     from .cli import add_command
 
-    p = add_command(sub, "replay", cmd_replay, "replay captured deliveries (or bare event JSON lines): "
-                    "re-signed over HTTP, straight onto the queue, or inline in this process; "
-                    "prints a summary, exit 1 when anything failed, was rejected or a line was bad")
-    p.add_argument("file", metavar="FILE.jsonl", help="capture file, encrypted export, or one event a line "
-                   "('-' for standard input)")
+    p = add_command(
+        sub,
+        "replay",
+        cmd_replay,
+        "replay captured deliveries (or bare event JSON lines): "
+        "re-signed over HTTP, straight onto the queue, or inline in this process; "
+        "prints a summary, exit 1 when anything failed, was rejected or a line was bad",
+    )
+    p.add_argument(
+        "file",
+        metavar="FILE.jsonl",
+        help="capture file, encrypted export, or one event a line ('-' for standard input)",
+    )
     mode = p.add_argument_group("target (choose one)")
-    mode.add_argument("--to", metavar="URL", help="POST each body to this receiver (path defaults to "
-                      f"{WEBHOOK_PATH}), re-signed with the current time")
+    mode.add_argument(
+        "--to",
+        metavar="URL",
+        help="POST each body to this receiver (path defaults to "
+        f"{WEBHOOK_PATH}), re-signed with the current time",
+    )
     mode.add_argument("--secret", metavar="S", help="the signing secret for --to")
-    mode.add_argument("--direct", action="store_true", help="queue each event through the receiver's "
-                      "pipeline (OSMA_ROUTER_REDIS_URL); a worker runs the jobs")
-    mode.add_argument("--inline", action="store_true", help="run the matching handlers in this process, "
-                      "no worker (a breakpoint in your plugin stops there)")
-    p.add_argument("--type", action="append", metavar="T", help="only events of this type ('task.*' and "
-                   "'*' work; repeatable)")
+    mode.add_argument(
+        "--direct",
+        action="store_true",
+        help="queue each event through the receiver's "
+        "pipeline (OSMA_ROUTER_REDIS_URL); a worker runs the jobs",
+    )
+    mode.add_argument(
+        "--inline",
+        action="store_true",
+        help="run the matching handlers in this process, no worker (a breakpoint in your plugin stops there)",
+    )
+    p.add_argument(
+        "--type",
+        action="append",
+        metavar="T",
+        help="only events of this type ('task.*' and '*' work; repeatable)",
+    )
     p.add_argument("--id", action="append", metavar="ID", help="only the event with this id (repeatable)")
     p.add_argument("--since", metavar="ISO", help="only deliveries received at or after this time")
     p.add_argument("--until", metavar="ISO", help="only deliveries received before this time")
     p.add_argument("--dry-run", action="store_true", help="print what would happen; change nothing")
-    p.add_argument("--force", action="store_true", help="bypass dedup for this replay (--direct and "
-                   "--inline only); done effects are still never posted twice")
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="bypass dedup for this replay (--direct and "
+        "--inline only); done effects are still never posted twice",
+    )
     p.add_argument("--rate", metavar="N/s", help="at most N events a second")
     p.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for each POST (default 10)")

@@ -108,8 +108,9 @@ class DirectTarget:
         self._sync = _sync_redis(url)
 
     def preview(self, delivery: Delivery, received_at: datetime) -> str:
-        jobs = self.pipeline.jobs_for(delivery.source, dict(delivery.payload), delivery.body, received_at,
-                                      replay=True)
+        jobs = self.pipeline.jobs_for(
+            delivery.source, dict(delivery.payload), delivery.body, received_at, replay=True
+        )
         what = f"{len(jobs)} job(s){_handlers(jobs)}"
         if self.force_tag is None and _seen(self._sync, delivery):
             return f"duplicate (already seen; --force would queue {what})"
@@ -119,10 +120,16 @@ class DirectTarget:
         from .dedup import Outcome
 
         try:
-            outcome, jobs = self._loop.run_until_complete(self.pipeline.admit(
-                delivery.source, dict(delivery.payload), delivery.body, received_at,
-                replay=True, force_tag=self.force_tag,
-            ))
+            outcome, jobs = self._loop.run_until_complete(
+                self.pipeline.admit(
+                    delivery.source,
+                    dict(delivery.payload),
+                    delivery.body,
+                    received_at,
+                    replay=True,
+                    force_tag=self.force_tag,
+                )
+            )
         except Exception as exc:  # noqa: BLE001 - StoreError, refused, timeout: this one failed
             return Result("failed", f"could not queue: {type(exc).__name__}: {exc}", unreachable=True)
         return Result("accepted" if outcome is Outcome.ACCEPTED else "duplicate", f"{jobs} job(s)")
@@ -153,8 +160,9 @@ class InlineTarget:
         self.ttl_ms = max(1, round(settings.dedup_ttl * 1000))
 
     def preview(self, delivery: Delivery, received_at: datetime) -> str:
-        jobs = self.pipeline.jobs_for(delivery.source, dict(delivery.payload), delivery.body, received_at,
-                                      replay=True)
+        jobs = self.pipeline.jobs_for(
+            delivery.source, dict(delivery.payload), delivery.body, received_at, replay=True
+        )
         if not self.force and _seen(self._sync, delivery):
             return f"duplicate (already seen; --force would run {len(jobs)} handler(s){_handlers(jobs)})"
         return f"would run {len(jobs)} handler(s){_handlers(jobs)}"
@@ -167,8 +175,9 @@ class InlineTarget:
         seen = bool(self._redis.exists(key))
         if seen and not self.force:
             return Result("duplicate")
-        jobs = self.pipeline.jobs_for(delivery.source, dict(delivery.payload), delivery.body, received_at,
-                                      replay=True)
+        jobs = self.pipeline.jobs_for(
+            delivery.source, dict(delivery.payload), delivery.body, received_at, replay=True
+        )
         failures = []
         for job in jobs:
             spec = orjson.loads(job.data)[2][0]

@@ -151,7 +151,10 @@ def load_config(path: Path | None, registry: HandlerRegistry | None = None) -> C
 
 
 def parse_config(
-    document: Mapping[str, Any], *, path: Path | None = None, registry: HandlerRegistry | None = None,
+    document: Mapping[str, Any],
+    *,
+    path: Path | None = None,
+    registry: HandlerRegistry | None = None,
     environ: Mapping[str, str] | None = None,
 ) -> Config:
     """Check a routes document; `environ` holds connector tokens (default: the process's)."""
@@ -194,15 +197,13 @@ def _replace_key(route: Route, key: str) -> Route:
     return replace(route, key=key)
 
 
-def _parse_route(
-    table: Any, index: int, where_: str, registry: HandlerRegistry | None
-) -> Route:
+def _parse_route(table: Any, index: int, where_: str, registry: HandlerRegistry | None) -> Route:
     label = f"{where_}: route #{index + 1}"
     if not isinstance(table, dict):
         raise ConfigError(f"{label}: must be a table")
     handler_name = table.get("handler")
     if not isinstance(handler_name, str) or not handler_name:
-        raise ConfigError(f"{label}: needs `handler = \"<name>\"`")
+        raise ConfigError(f'{label}: needs `handler = "<name>"`')
     handler = None
     if registry is not None:
         try:
@@ -216,10 +217,10 @@ def _parse_route(
     if isinstance(on_value, str):
         on_value = [on_value]
     if not isinstance(on_value, list) or not on_value or not all(isinstance(p, str) for p in on_value):
-        raise ConfigError(f"{label}: needs `on = \"<event type>\"` (or \"task.*\", \"*\", or a list)")
+        raise ConfigError(f'{label}: needs `on = "<event type>"` (or "task.*", "*", or a list)')
     for pattern in on_value:
         if not _TYPE_PATTERN.match(pattern):
-            raise ConfigError(f"{label}: `on` pattern {pattern!r} is not an event type, \"x.*\" or \"*\"")
+            raise ConfigError(f'{label}: `on` pattern {pattern!r} is not an event type, "x.*" or "*"')
 
     where = table.get("where", {})
     if not isinstance(where, dict):

@@ -46,8 +46,10 @@ class GracefulShutdown:
     def request_stop(self, signum: int, frame: FrameType | None) -> None:
         busy = self.get_state() == WorkerStatus.BUSY  # type: ignore[attr-defined]
         if busy and self.shutdown_grace is not None and self._grace_timer is None:
-            log.info(f"stop requested: finishing the current job first (at most {self.shutdown_grace:g} s)",
-                     extra={"reason": signal.Signals(signum).name})
+            log.info(
+                f"stop requested: finishing the current job first (at most {self.shutdown_grace:g} s)",
+                extra={"reason": signal.Signals(signum).name},
+            )
             timer = threading.Timer(self.shutdown_grace, os.kill, (os.getpid(), signal.SIGTERM))
             timer.daemon = True
             self._grace_timer = timer
@@ -82,8 +84,14 @@ class GracefulShutdown:
             self._grace_timer.cancel()
         super().teardown()  # type: ignore[misc]
 
-    def handle_job_failure(self, job: Job, queue: Queue, started_job_registry: Any = None,
-                           exc_string: str = "", execution: Any = None) -> None:
+    def handle_job_failure(
+        self,
+        job: Job,
+        queue: Queue,
+        started_job_registry: Any = None,
+        exc_string: str = "",
+        execution: Any = None,
+    ) -> None:
         if self._interrupting:
             self._interrupting = False
             self.requeue_interrupted(job, queue, execution)
@@ -102,6 +110,7 @@ class GracefulShutdown:
             queue.enqueue_job(job, pipeline=pipe, at_front=True)
             pipe.hincrby(JOB_COUNTS_KEY, job_count_field(handler, "requeued"), 1)
             pipe.execute()
-        log.warning("job interrupted by shutdown and requeued",
-                    extra={"job_id": job.id, "handler": handler, "event_id": _event_of(job),
-                           "outcome": "requeued"})
+        log.warning(
+            "job interrupted by shutdown and requeued",
+            extra={"job_id": job.id, "handler": handler, "event_id": _event_of(job), "outcome": "requeued"},
+        )

@@ -66,7 +66,9 @@ def _far_away(timestamp: bytes) -> int:
 
 
 def _malformed(reason: str) -> VerificationError:
-    return VerificationError(f"the osma-signature header is malformed: {reason}", error_type="malformed_signature")
+    return VerificationError(
+        f"the osma-signature header is malformed: {reason}", error_type="malformed_signature"
+    )
 
 
 class SignatureVerifier:

@@ -76,8 +76,9 @@ def count_dedup_keys(redis: Redis, budget: float = SCAN_BUDGET, count: int = SCA
             return DedupCount(dict(by_source), False, time.monotonic() - started)
 
 
-def collect_status(redis: Redis, settings: Settings, configured_queues: list[str],
-                   scan_budget: float = SCAN_BUDGET) -> Status:
+def collect_status(
+    redis: Redis, settings: Settings, configured_queues: list[str], scan_budget: float = SCAN_BUDGET
+) -> Status:
     """Read the service's state from Redis (a handful of round trips and one bounded SCAN)."""
     from .capture import CAPTURE_KEY
 
@@ -103,16 +104,18 @@ def _workers(redis: Redis) -> list[WorkerRow]:
     rows = []
     for worker in sorted(Worker.all(connection=redis, serializer=JSONSerializer), key=lambda w: w.name):
         beat = worker.last_heartbeat
-        rows.append(WorkerRow(
-            name=worker.name,
-            host=str(worker.hostname or "-"),
-            pid=worker.pid,
-            state=str(worker.get_state() or "-"),
-            current_job=worker.get_current_job_id() or "-",
-            last_heartbeat=_age(beat),
-            succeeded=int(worker.successful_job_count or 0),
-            failed=int(worker.failed_job_count or 0),
-        ))
+        rows.append(
+            WorkerRow(
+                name=worker.name,
+                host=str(worker.hostname or "-"),
+                pid=worker.pid,
+                state=str(worker.get_state() or "-"),
+                current_job=worker.get_current_job_id() or "-",
+                last_heartbeat=_age(beat),
+                succeeded=int(worker.successful_job_count or 0),
+                failed=int(worker.failed_job_count or 0),
+            )
+        )
     return rows
 
 
@@ -126,33 +129,63 @@ def _age(moment: datetime | None) -> str:
 
 def render_table(headers: list[str], rows: list[list[Any]]) -> str:
     """A plain text table: text columns left-aligned, numbers right-aligned."""
-    cells = [[str(h) for h in headers]] + [[f"{c:,}" if isinstance(c, int) else str(c) for c in r] for r in rows]
+    cells = [[str(h) for h in headers]] + [
+        [f"{c:,}" if isinstance(c, int) else str(c) for c in r] for r in rows
+    ]
     widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
     numeric = [all(isinstance(r[i], int) for r in rows) and bool(rows) for i in range(len(headers))]
     lines = []
     for row in cells:
-        parts = [cell.rjust(w) if num else cell.ljust(w) for cell, w, num in zip(row, widths, numeric, strict=True)]
+        parts = [
+            cell.rjust(w) if num else cell.ljust(w) for cell, w, num in zip(row, widths, numeric, strict=True)
+        ]
         lines.append("  ".join(parts).rstrip())
     return "\n".join(lines)
 
 
 def render(status: Status, redis_url: str) -> str:
-    heading = (f"redis    {redis_url}  (Redis {status.redis['version']}, {status.redis['memory']} used, "
-               f"AOF {status.redis['aof']})")
+    heading = (
+        f"redis    {redis_url}  (Redis {status.redis['version']}, {status.redis['memory']} used, "
+        f"AOF {status.redis['aof']})"
+    )
     out = [heading, ""]
-    out.append(render_table(
-        ["QUEUE", "QUEUED", "RUNNING", "SCHEDULED", "FAILED", "DEFERRED"],
-        [[q.name, q.queued, q.registries["started"], q.registries["scheduled"], q.registries["failed"],
-          q.registries["deferred"]] for q in status.queues],
-    ))
+    out.append(
+        render_table(
+            ["QUEUE", "QUEUED", "RUNNING", "SCHEDULED", "FAILED", "DEFERRED"],
+            [
+                [
+                    q.name,
+                    q.queued,
+                    q.registries["started"],
+                    q.registries["scheduled"],
+                    q.registries["failed"],
+                    q.registries["deferred"],
+                ]
+                for q in status.queues
+            ],
+        )
+    )
     out.append("")
     out.append(f"workers  {len(status.workers)} alive")
     if status.workers:
-        out.append(render_table(
-            ["NAME", "HOST", "PID", "STATE", "CURRENT JOB", "HEARTBEAT", "OK", "FAILED"],
-            [[w.name, w.host, w.pid if w.pid is not None else "-", w.state, w.current_job, w.last_heartbeat,
-              w.succeeded, w.failed] for w in status.workers],
-        ))
+        out.append(
+            render_table(
+                ["NAME", "HOST", "PID", "STATE", "CURRENT JOB", "HEARTBEAT", "OK", "FAILED"],
+                [
+                    [
+                        w.name,
+                        w.host,
+                        w.pid if w.pid is not None else "-",
+                        w.state,
+                        w.current_job,
+                        w.last_heartbeat,
+                        w.succeeded,
+                        w.failed,
+                    ]
+                    for w in status.workers
+                ],
+            )
+        )
     out.append("")
     dedup = status.dedup
     total = sum(dedup.by_source.values())
@@ -160,8 +193,9 @@ def render(status: Status, redis_url: str) -> str:
     sources = ", ".join(f"{source} {count:,}" for source, count in sorted(dedup.by_source.items()))
     out.append(f"dedup    {bound}{total:,} event id(s) remembered" + (f" ({sources})" if sources else ""))
     capture = status.capture
-    out.append(f"capture  {'on' if capture.get('enabled') else 'off'}, {capture.get('kept', 0):,} "
-               "delivery(ies) kept")
+    out.append(
+        f"capture  {'on' if capture.get('enabled') else 'off'}, {capture.get('kept', 0):,} delivery(ies) kept"
+    )
     return "\n".join(out)
 
 
@@ -185,11 +219,21 @@ def add_commands(sub: Any) -> None:
     """`osma-router status`."""
     from .cli import add_command
 
-    parser = add_command(sub, "status", cmd_status, "show queue depths, running/scheduled/failed jobs, "
-                         "workers alive, remembered event ids and kept captures")
+    parser = add_command(
+        sub,
+        "status",
+        cmd_status,
+        "show queue depths, running/scheduled/failed jobs, "
+        "workers alive, remembered event ids and kept captures",
+    )
     parser.add_argument("--json", action="store_true", help="print one JSON document instead of tables")
-    parser.add_argument("--scan-budget", type=_seconds, default=SCAN_BUDGET, metavar="SECONDS",
-                        help=f"stop counting dedup keys after this long (default {SCAN_BUDGET:g})")
+    parser.add_argument(
+        "--scan-budget",
+        type=_seconds,
+        default=SCAN_BUDGET,
+        metavar="SECONDS",
+        help=f"stop counting dedup keys after this long (default {SCAN_BUDGET:g})",
+    )
 
 
 def _seconds(value: str) -> float:

@@ -37,9 +37,7 @@ class DevCertificate:
     created: bool
 
 
-def ensure_dev_certificate(
-    directory: Path = DEV_TLS_DIR, now: datetime | None = None
-) -> DevCertificate:
+def ensure_dev_certificate(directory: Path = DEV_TLS_DIR, now: datetime | None = None) -> DevCertificate:
     """The certificate in `directory`, made anew when missing, unreadable or about to expire."""
     now = now or datetime.now(UTC)
     cert_path, key_path = directory / "localhost.pem", directory / "localhost-key.pem"
@@ -59,10 +57,12 @@ def ensure_dev_certificate(
 def make_self_signed(now: datetime) -> tuple[bytes, bytes, datetime]:
     """A P-256 key and a certificate for localhost signed by itself, both PEM."""
     key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([
-        x509.NameAttribute(NameOID.COMMON_NAME, "localhost"),
-        x509.NameAttribute(NameOID.ORGANIZATION_NAME, "osma-router dev"),
-    ])
+    name = x509.Name(
+        [
+            x509.NameAttribute(NameOID.COMMON_NAME, "localhost"),
+            x509.NameAttribute(NameOID.ORGANIZATION_NAME, "osma-router dev"),
+        ]
+    )
     not_after = now + VALID_FOR
     alt_names: list[x509.GeneralName] = [x509.DNSName(n) for n in DNS_NAMES]
     alt_names += [x509.IPAddress(ipaddress.ip_address(a)) for a in IP_ADDRESSES]
@@ -77,9 +77,17 @@ def make_self_signed(now: datetime) -> tuple[bytes, bytes, datetime]:
         .add_extension(x509.SubjectAlternativeName(alt_names), critical=False)
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .add_extension(
-            x509.KeyUsage(digital_signature=True, key_encipherment=False, content_commitment=False,
-                          data_encipherment=False, key_agreement=False, key_cert_sign=False,
-                          crl_sign=False, encipher_only=False, decipher_only=False),
+            x509.KeyUsage(
+                digital_signature=True,
+                key_encipherment=False,
+                content_commitment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=False,
+                crl_sign=False,
+                encipher_only=False,
+                decipher_only=False,
+            ),
             critical=True,
         )
         .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)

@@ -37,22 +37,37 @@ class Upstream:
     def _osma_options(self) -> dict[str, Any]:
         key = self.settings.osma_api_key
         if key is None:
-            raise UpstreamNotConfigured(f"this handler calls the Osma API: set {PREFIX}OSMA_API_KEY "
-                                        f"(and {PREFIX}OSMA_BASE_URL if not {self.settings.osma_base_url})")
-        return {"api_key": key.reveal(), "base_url": self.settings.osma_base_url,
-                "api_version": self.settings.osma_api_version,
-                "limiter": RateLimiter.for_osma(self.redis, key.reveal())}
+            raise UpstreamNotConfigured(
+                f"this handler calls the Osma API: set {PREFIX}OSMA_API_KEY "
+                f"(and {PREFIX}OSMA_BASE_URL if not {self.settings.osma_base_url})"
+            )
+        return {
+            "api_key": key.reveal(),
+            "base_url": self.settings.osma_base_url,
+            "api_version": self.settings.osma_api_version,
+            "limiter": RateLimiter.for_osma(self.redis, key.reveal()),
+        }
 
     def _ogsm_options(self) -> dict[str, Any]:
         s = self.settings
         if s.ogsm_base_url is None or s.ogsm_username is None or s.ogsm_password is None:
-            missing = [name for name, value in (("OGSM_BASE_URL", s.ogsm_base_url),
-                                                ("OGSM_USERNAME", s.ogsm_username),
-                                                ("OGSM_PASSWORD", s.ogsm_password)) if value is None]
-            raise UpstreamNotConfigured("this handler calls the OGSM API: set "
-                                        + ", ".join(PREFIX + name for name in missing))
-        return {"base_url": s.ogsm_base_url, "username": s.ogsm_username,
-                "password": s.ogsm_password.reveal()}
+            missing = [
+                name
+                for name, value in (
+                    ("OGSM_BASE_URL", s.ogsm_base_url),
+                    ("OGSM_USERNAME", s.ogsm_username),
+                    ("OGSM_PASSWORD", s.ogsm_password),
+                )
+                if value is None
+            ]
+            raise UpstreamNotConfigured(
+                "this handler calls the OGSM API: set " + ", ".join(PREFIX + name for name in missing)
+            )
+        return {
+            "base_url": s.ogsm_base_url,
+            "username": s.ogsm_username,
+            "password": s.ogsm_password.reveal(),
+        }
 
     @property
     def osma(self) -> OsmaClient:

@@ -47,4 +47,3 @@ class Watermarks:
 
     def advance(self, name: str, value: float) -> None:
         self._advance(keys=[self._key(name)], args=[repr(float(value)), self.retention])
-

@@ -30,8 +30,9 @@ HEARTBEAT_TTL = 30
 class RouterWorker(GracefulShutdown, SimpleWorker):
     """A `SimpleWorker` that runs osma-router jobs; see the module docstring."""
 
-    def __init__(self, queues: Sequence[str], connection: Redis, *, heartbeat_ttl: int = HEARTBEAT_TTL,
-                 **kwargs: Any) -> None:
+    def __init__(
+        self, queues: Sequence[str], connection: Redis, *, heartbeat_ttl: int = HEARTBEAT_TTL, **kwargs: Any
+    ) -> None:
         self.heartbeat_ttl = heartbeat_ttl
         self.heartbeat_every = max(1, heartbeat_ttl // 3)
         super().__init__(
@@ -92,8 +93,14 @@ class RouterWorker(GracefulShutdown, SimpleWorker):
         finally:
             self._outcome_job = None
 
-    def handle_job_failure(self, job: Job, queue: Queue, started_job_registry: Any = None,
-                           exc_string: str = "", execution: Any = None) -> None:
+    def handle_job_failure(
+        self,
+        job: Job,
+        queue: Queue,
+        started_job_registry: Any = None,
+        exc_string: str = "",
+        execution: Any = None,
+    ) -> None:
         self._outcome_job = job
         try:
             super().handle_job_failure(job, queue, started_job_registry, exc_string, execution)
@@ -117,8 +124,12 @@ class RouterWorker(GracefulShutdown, SimpleWorker):
         log.log(
             logging.WARNING if outcome == "failed" else logging.INFO,
             f"job {outcome}",
-            extra={"job_id": job.id if job else None, "handler": handler,
-                   "event_id": _event_of(job) if job else None, "outcome": outcome},
+            extra={
+                "job_id": job.id if job else None,
+                "handler": handler,
+                "event_id": _event_of(job) if job else None,
+                "outcome": outcome,
+            },
         )
 
     def handle_exception(self, job: Job, *exc_info: Any) -> None:
@@ -126,8 +137,12 @@ class RouterWorker(GracefulShutdown, SimpleWorker):
         error = exc_info[1] if len(exc_info) > 1 else None
         log.info(
             "handler raised",
-            extra={"job_id": job.id, "handler": _handler_of(job), "event_id": _event_of(job),
-                   "reason": type(error).__name__ if error is not None else None},
+            extra={
+                "job_id": job.id,
+                "handler": _handler_of(job),
+                "event_id": _event_of(job),
+                "reason": type(error).__name__ if error is not None else None,
+            },
         )
 
 

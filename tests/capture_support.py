@@ -11,11 +11,18 @@ from redis import Redis
 from support import ROOT, env_for, subprocess_env
 
 
-def osma_router(args: list[str], env: dict[str, str], timeout: float = 60) -> subprocess.CompletedProcess[str]:
+def osma_router(
+    args: list[str], env: dict[str, str], timeout: float = 60
+) -> subprocess.CompletedProcess[str]:
     """Run `osma-router ARGS` as a user would, with exactly `env` as its OSMA_ROUTER_* settings."""
     return subprocess.run(
-        [sys.executable, "-m", "receiver.cli", *args], env=subprocess_env(env), cwd=ROOT,
-        capture_output=True, text=True, timeout=timeout, check=False,
+        [sys.executable, "-m", "receiver.cli", *args],
+        env=subprocess_env(env),
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
     )
 
 
@@ -71,5 +78,12 @@ def read_lines(path: Path) -> list[dict[str, object]]:
 
 
 def capture_line(body: bytes, received_at: str = "2026-11-20T10:00:00+00:00", **extra: object) -> bytes:
-    return orjson.dumps({"received_at": received_at, "source": "osma",
-                         "headers": {"content-type": "application/json"}, "body": body.decode(), **extra})
+    return orjson.dumps(
+        {
+            "received_at": received_at,
+            "source": "osma",
+            "headers": {"content-type": "application/json"},
+            "body": body.decode(),
+            **extra,
+        }
+    )

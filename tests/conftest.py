@@ -59,8 +59,9 @@ def start_receiver(
             path.write_text(routes)
         settings = Settings.from_env(env_for(redis_server.url, path, **env), env_file=None)
         registry = HandlerRegistry.discover()
-        state = build_state(settings, config=load_config(settings.config_path, registry),
-                            registry=registry, clock=clock)
+        state = build_state(
+            settings, config=load_config(settings.config_path, registry), registry=registry, clock=clock
+        )
         receiver = Receiver(state, LiveServer(create_app(state)).start(), settings)
         started.append(receiver)
         return receiver

@@ -23,8 +23,12 @@ class Process:
         self.log_path = cwd / f"{name}.stderr"
         self._log = self.log_path.open("wb")
         self.popen = subprocess.Popen(
-            [sys.executable, "-m", "receiver.cli", *args], env=subprocess_env(env), cwd=cwd,
-            stdout=subprocess.PIPE, stderr=self._log, start_new_session=True,
+            [sys.executable, "-m", "receiver.cli", *args],
+            env=subprocess_env(env),
+            cwd=cwd,
+            stdout=subprocess.PIPE,
+            stderr=self._log,
+            start_new_session=True,
         )
 
     @property
@@ -60,8 +64,16 @@ class Process:
 class Server(Process):
     """`osma-router serve` on a free loopback port."""
 
-    def __init__(self, env: dict[str, str], cwd: Path, *extra: str, name: str = "serve",
-                 scheme: str = "http", args: list[str] | None = None, port: int | None = None) -> None:
+    def __init__(
+        self,
+        env: dict[str, str],
+        cwd: Path,
+        *extra: str,
+        name: str = "serve",
+        scheme: str = "http",
+        args: list[str] | None = None,
+        port: int | None = None,
+    ) -> None:
         """`serve` on a free port with `extra` options, or exactly `args` listening on `port`."""
         self.port = port or free_port()
         self.url = f"{scheme}://127.0.0.1:{self.port}"

@@ -30,7 +30,10 @@ _ids = itertools.count(1)
 
 
 def make_event(
-    event_type: str = "task.completed", *, event_id: str | None = None, obj: dict[str, Any] | None = None,
+    event_type: str = "task.completed",
+    *,
+    event_id: str | None = None,
+    obj: dict[str, Any] | None = None,
     **extra: Any,
 ) -> bytes:
     """A realistic Osma event envelope, as bytes."""
@@ -84,8 +87,11 @@ class Receiver:
         self.http = httpx.Client(base_url=server.url, timeout=10)
 
     def post(self, body: bytes, headers: dict[str, str] | None = None, **sign_kw: Any) -> httpx.Response:
-        return self.http.post("/webhooks/osma", content=body,
-                              headers=headers if headers is not None else signature_headers(body, **sign_kw))
+        return self.http.post(
+            "/webhooks/osma",
+            content=body,
+            headers=headers if headers is not None else signature_headers(body, **sign_kw),
+        )
 
     def drain(self) -> None:
         """Run every queued job with an in-process burst worker."""
@@ -97,4 +103,3 @@ class Receiver:
 def handled(redis: Redis) -> list[str]:
     """What the sample plugin's handlers recorded, in order."""
     return [item.decode() for item in redis.lrange("test:handled", 0, -1)]
-

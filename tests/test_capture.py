@@ -5,7 +5,7 @@ from __future__ import annotations
 import io
 import logging
 import time
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import orjson
 import pytest
@@ -36,16 +36,21 @@ def capturing(start_receiver, routes: str = ROUTES, *, keys: str = KEY_A, **env:
 
 def export(redis_server, tmp_path, *args: str, keys: str = KEY_A, **env: str):
     out = tmp_path / "out.jsonl"
-    result = osma_router(["capture", "export", str(out), *args],
-                         cli_env(redis_server.url, OSMA_ROUTER_ENCRYPTION_KEYS=keys, **env))
+    result = osma_router(
+        ["capture", "export", str(out), *args],
+        cli_env(redis_server.url, OSMA_ROUTER_ENCRYPTION_KEYS=keys, **env),
+    )
     return result, out
 
 
 def test_capture_then_export_round_trips_bodies_byte_for_byte(start_receiver, redis, redis_server, tmp_path):
     receiver = capturing(start_receiver)
     plain = make_event(event_id="evt_plain")
-    headers = signature_headers(ODD_BODY) | {"user-agent": "Osma-Webhooks/1.0", "osma-delivery": "dlv_1",
-                                             "x-forwarded-for": "10.0.0.1"}
+    headers = signature_headers(ODD_BODY) | {
+        "user-agent": "Osma-Webhooks/1.0",
+        "osma-delivery": "dlv_1",
+        "x-forwarded-for": "10.0.0.1",
+    }
     assert receiver.post(ODD_BODY, headers=headers).status_code == 202
     assert receiver.post(plain).status_code == 202
     assert receiver.post(plain).status_code == 200  # a duplicate is captured too, marked
@@ -58,11 +63,14 @@ def test_capture_then_export_round_trips_bodies_byte_for_byte(start_receiver, re
     assert [line.get("duplicate") for line in lines] == [None, None, True]
     first = lines[0]
     assert first["source"] == "osma"
-    assert first["headers"] == {"content-type": "application/json", "user-agent": "Osma-Webhooks/1.0",
-                                "osma-delivery": "dlv_1"}
+    assert first["headers"] == {
+        "content-type": "application/json",
+        "user-agent": "Osma-Webhooks/1.0",
+        "osma-delivery": "dlv_1",
+    }
     received = datetime.fromisoformat(first["received_at"])
     assert received.utcoffset().total_seconds() == 0
-    assert abs((datetime.now(timezone.utc) - received).total_seconds()) < 60
+    assert abs((datetime.now(UTC) - received).total_seconds()) < 60
     assert "evt_bad" not in out.read_text()
     assert (out.stat().st_mode & 0o077) == 0  # decrypted health data: owner only
 
@@ -72,8 +80,11 @@ def test_redis_and_logs_never_hold_a_member_name_in_clear(start_receiver, redis,
     receiver = capturing(start_receiver)
     member = {"id": "mem_77", "object": "member", "first_name": "Zebulon", "last_name": "Quackenbush"}
     body = make_event("member.created", event_id="evt_member", obj=member)
-    task = make_event("task.completed", event_id="evt_task",
-                      obj={"id": "tsk_5", "object": "task", "member_name": "Zebulon Quackenbush"})
+    task = make_event(
+        "task.completed",
+        event_id="evt_task",
+        obj={"id": "tsk_5", "object": "task", "member_name": "Zebulon Quackenbush"},
+    )
     assert receiver.post(body).status_code == 202
     assert receiver.post(task).json()["jobs"] == 1  # a queued job holds the body: sealed too
     assert receiver.post(body).status_code == 200
@@ -100,11 +111,15 @@ def test_retention_keeps_at_most_max_count(start_receiver, redis, redis_server, 
     assert redis.xlen(CAPTURE_KEY) == 3
     result, out = export(redis_server, tmp_path)
     assert result.returncode == 0, result.stderr
-    assert [orjson.loads(line["body"])["id"] for line in read_lines(out)] == [f"evt_count_{n}" for n in (2, 3, 4)]
+    assert [orjson.loads(line["body"])["id"] for line in read_lines(out)] == [
+        f"evt_count_{n}" for n in (2, 3, 4)
+    ]
 
 
 def captured_ids(redis) -> list[str]:
-    lines = [orjson.loads(Fernet(KEY_A.encode()).decrypt(fields[b"d"])) for _, fields in redis.xrange(CAPTURE_KEY)]
+    lines = [
+        orjson.loads(Fernet(KEY_A.encode()).decrypt(fields[b"d"])) for _, fields in redis.xrange(CAPTURE_KEY)
+    ]
     return [orjson.loads(line["body"])["id"] for line in lines]
 
 
@@ -120,7 +135,7 @@ def test_retention_drops_deliveries_older_than_max_age(start_receiver, redis):
 def test_export_leaves_out_what_outlived_max_age_before_a_write_trimmed_it(start_receiver, redis):
     capturing(start_receiver).post(make_event(event_id="evt_kept"))
     sealer = Sealer([Secret(KEY_A)])
-    later = datetime.now(timezone.utc) + timedelta(seconds=61)
+    later = datetime.now(UTC) + timedelta(seconds=61)
     assert export_captures(redis, sealer, io.BytesIO(), max_age=60, now=later).written == 0
     assert export_captures(redis, sealer, io.BytesIO(), max_age=120, now=later).written == 1
 
@@ -131,7 +146,7 @@ def test_export_filters_by_type_and_received_time(start_receiver, redis, redis_s
     for n, kind in enumerate(["task.completed", "member.created", "task.updated", "task.completed"]):
         receiver.post(make_event(kind, event_id=f"evt_f{n}"), timestamp=int(now[0]))
         now[0] += 3600
-    hour = [datetime.fromtimestamp(T0 + 3600 * n, timezone.utc).isoformat() for n in range(4)]
+    hour = [datetime.fromtimestamp(T0 + 3600 * n, UTC).isoformat() for n in range(4)]
 
     def ids(*args: str) -> list[str]:
         result, out = export(redis_server, tmp_path, *args)
@@ -161,7 +176,9 @@ def test_encrypted_export_decrypts_only_with_the_key(start_receiver, redis, redi
         Fernet(KEY_B.encode()).decrypt(token)
 
 
-def test_key_rotation_keeps_old_captures_readable_and_rekey_moves_them(start_receiver, redis, redis_server, tmp_path):
+def test_key_rotation_keeps_old_captures_readable_and_rekey_moves_them(
+    start_receiver, redis, redis_server, tmp_path
+):
     old = capturing(start_receiver)
     old_body = make_event(event_id="evt_under_a")
     assert old.post(old_body).json()["jobs"] == 1  # its queued job is sealed under A too
@@ -206,8 +223,10 @@ def test_export_and_rekey_without_keys_are_one_line_errors(redis, redis_server, 
 def test_bad_since_is_a_one_line_error(redis, redis_server, tmp_path):
     result, _ = export(redis_server, tmp_path, "--since", "last tuesday")
     assert result.returncode == 1
-    assert result.stderr.strip() == ("osma-router: error: --since 'last tuesday' is not an ISO 8601 date or "
-                                     "time (e.g. 2026-11-20 or 2026-11-20T10:00:00Z)")
+    assert result.stderr.strip() == (
+        "osma-router: error: --since 'last tuesday' is not an ISO 8601 date or "
+        "time (e.g. 2026-11-20 or 2026-11-20T10:00:00Z)"
+    )
 
 
 def test_serve_refuses_capture_without_keys(redis, redis_server):

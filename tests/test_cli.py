@@ -14,16 +14,23 @@ import pytest
 from support import SECRET, env_for, handled, make_event, subprocess_env
 
 from receiver.redis_server import free_port
-from receiver.signature import SignatureVerifier
 from receiver.settings import Secret
+from receiver.signature import SignatureVerifier
 
 COMMANDS = ["dev", "serve", "worker", "sign", "send", "check-config", "failed"]
 
 
-def run(args: list[str], env: dict[str, str], cwd: Path, timeout: float = 60, **kw) -> subprocess.CompletedProcess[str]:
+def run(
+    args: list[str], env: dict[str, str], cwd: Path, timeout: float = 60, **kw
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "receiver.cli", *args], env=subprocess_env(env), cwd=cwd,
-        capture_output=True, text=True, timeout=timeout, **kw,
+        [sys.executable, "-m", "receiver.cli", *args],
+        env=subprocess_env(env),
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        **kw,
     )
 
 
@@ -79,7 +86,9 @@ def test_missing_file_is_one_line_and_exit_1(tmp_path):
     ],
 )
 def test_serve_refuses_a_bad_configuration_in_one_line(tmp_path, redis_server, env, names):
-    result = run(["serve", "--port", str(free_port())], env_for(redis_server.url, **env), tmp_path, timeout=30)
+    result = run(
+        ["serve", "--port", str(free_port())], env_for(redis_server.url, **env), tmp_path, timeout=30
+    )
     assert result.returncode == 1
     assert names in result.stderr
     assert "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) == 1
@@ -87,7 +96,9 @@ def test_serve_refuses_a_bad_configuration_in_one_line(tmp_path, redis_server, e
 
 def test_check_config_lists_routes_and_masks_secrets(tmp_path, redis_server, write_routes):
     routes = write_routes('[[routes]]\non = "task.completed"\nhandler = "sample.record"\nlabel = "x"\n')
-    result = run(["check-config"], env_for(redis_server.url, routes, OSMA_ROUTER_OGSM_PASSWORD="hunter2-pw"), tmp_path)
+    result = run(
+        ["check-config"], env_for(redis_server.url, routes, OSMA_ROUTER_OGSM_PASSWORD="hunter2-pw"), tmp_path
+    )
     assert result.returncode == 0, result.stderr
     assert "sample.record" in result.stdout and "task.completed" in result.stdout
     assert SECRET not in result.stdout and "hunter2-pw" not in result.stdout
@@ -111,7 +122,11 @@ def test_serve_send_worker_and_failed_commands_end_to_end(tmp_path, redis, redis
     port = free_port()
     serve = subprocess.Popen(
         [sys.executable, "-m", "receiver.cli", "serve", "--port", str(port)],
-        env=subprocess_env(env), cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env=subprocess_env(env),
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     try:
         url = f"http://127.0.0.1:{port}"
@@ -163,7 +178,11 @@ def test_dev_runs_everything_and_stops_cleanly_on_ctrl_c(tmp_path):
     env = {"OSMA_ROUTER_CONFIG": str(Path(__file__).parent.parent / "examples" / "osma-router.toml")}
     dev = subprocess.Popen(
         [sys.executable, "-m", "receiver.cli", "dev", "--port", str(port)],
-        env=subprocess_env(env), cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env=subprocess_env(env),
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     try:
         url = f"http://127.0.0.1:{port}"
@@ -171,8 +190,11 @@ def test_dev_runs_everything_and_stops_cleanly_on_ctrl_c(tmp_path):
         body = make_event(event_id="evt_dev")
         from support import signature_headers
 
-        response = httpx.post(url + "/webhooks/osma", content=body,
-                              headers=signature_headers(body, secret="whsec_dev_local_only"))
+        response = httpx.post(
+            url + "/webhooks/osma",
+            content=body,
+            headers=signature_headers(body, secret="whsec_dev_local_only"),
+        )
         assert response.status_code == 202 and response.json()["jobs"] == 1
         assert stop(dev, signal.SIGINT) == 0
         out = dev.stdout.read()

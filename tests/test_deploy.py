@@ -78,11 +78,13 @@ def test_dockerfile_is_multi_stage_slim_and_non_root():
     instructions = dockerfile()
     stages = [rest for keyword, rest in instructions if keyword == "FROM"]
     assert len(stages) == 2 and all("-slim" in stage for stage in stages)
-    final = instructions[[i for i, (k, _) in enumerate(instructions) if k == "FROM"][-1]:]
+    final = instructions[[i for i, (k, _) in enumerate(instructions) if k == "FROM"][-1] :]
     users = [rest for keyword, rest in final if keyword == "USER"]
     assert users and users[-1].split(":")[0] not in ("0", "root")
     assert any(k == "COPY" and rest.startswith("--from=build") for k, rest in final)
-    assert not any(k == "RUN" and "pip install" in rest for k, rest in final)  # nothing built in the final stage
+    assert not any(
+        k == "RUN" and "pip install" in rest for k, rest in final
+    )  # nothing built in the final stage
 
 
 def test_dockerfile_commands_are_ours():
@@ -113,9 +115,22 @@ def test_dockerfile_build_installs_from_exactly_the_copied_files(tmp_path):
                 else:
                     shutil.copy(path, target)
     result = subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--no-index",
-         "-w", str(tmp_path / "dist"), str(context)],
-        check=False, capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "--no-index",
+            "-w",
+            str(tmp_path / "dist"),
+            str(context),
+        ],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert result.returncode == 0, result.stdout + result.stderr
     wheel = zipfile.ZipFile(next((tmp_path / "dist").glob("osma_router-*.whl")))
@@ -142,8 +157,14 @@ def test_dockerfile_command_and_healthcheck_run(tmp_path, redis, redis_server):
     try:
         server.wait_up()
         probe = [a.replace(f":{image_port}/", f":{port}/") for a in healthcheck[1:]]
-        result = subprocess.run([sys.executable, "-m", "receiver.cli", *probe], env=subprocess_env(env),
-                                check=False, capture_output=True, text=True, timeout=30)
+        result = subprocess.run(
+            [sys.executable, "-m", "receiver.cli", *probe],
+            env=subprocess_env(env),
+            check=False,
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
         assert result.returncode == 0, result.stderr
     finally:
         assert server.stop() == 0
@@ -188,8 +209,11 @@ def test_compose_runs_redis_with_aof_receiver_workers_and_caddy():
     names = set()
     for service in (receiver, worker):
         names |= set(service["environment"])
-    names |= {line.split("=", 1)[0] for line in (DEPLOY / "osma-router.env.example").read_text().splitlines()
-              if line and not line.startswith("#")}
+    names |= {
+        line.split("=", 1)[0]
+        for line in (DEPLOY / "osma-router.env.example").read_text().splitlines()
+        if line and not line.startswith("#")
+    }
     check_variables(names)
 
 
@@ -219,9 +243,21 @@ def find(documents: list[dict[str, Any]], kind: str, name: str) -> dict[str, Any
 
 def test_kubernetes_has_every_piece():
     kinds = sorted(d["kind"] for d in manifests())
-    assert kinds == sorted(["Namespace", "ConfigMap", "ConfigMap", "Deployment", "Service", "Ingress",
-                            "Deployment", "HorizontalPodAutoscaler", "HorizontalPodAutoscaler",
-                            "PodDisruptionBudget", "PodDisruptionBudget"])
+    assert kinds == sorted(
+        [
+            "Namespace",
+            "ConfigMap",
+            "ConfigMap",
+            "Deployment",
+            "Service",
+            "Ingress",
+            "Deployment",
+            "HorizontalPodAutoscaler",
+            "HorizontalPodAutoscaler",
+            "PodDisruptionBudget",
+            "PodDisruptionBudget",
+        ]
+    )
 
 
 def test_kubernetes_receiver_probes_ports_and_ingress_agree():
@@ -299,7 +335,9 @@ def test_kubernetes_routes_configmap_loads(tmp_path):
 
 @pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl is not installed")
 def test_kustomize_builds():
-    result = subprocess.run(["kubectl", "kustomize", str(KUBERNETES)], check=False, capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        ["kubectl", "kustomize", str(KUBERNETES)], check=False, capture_output=True, text=True, timeout=60
+    )
     assert result.returncode == 0, result.stderr
     built = [d for d in yaml.safe_load_all(result.stdout) if d]
     assert all(d["metadata"].get("namespace") == "osma-router" for d in built if d["kind"] != "Namespace")
@@ -348,7 +386,9 @@ def test_systemd_receiver_unit_runs(tmp_path, redis, redis_server):
     check_variables(set(env))
     assert "127.0.0.1" in env["OSMA_ROUTER_TRUSTED_PROXIES"].split(",")
     pre = in_venv(entries["ExecStartPre"][0])
-    result = subprocess.run(pre, env=subprocess_env(env), cwd=tmp_path, check=False, capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        pre, env=subprocess_env(env), cwd=tmp_path, check=False, capture_output=True, text=True, timeout=60
+    )
     assert result.returncode == 0 and "configuration OK" in result.stdout, result.stderr
     start = in_venv(entries["ExecStart"][0])
     assert command_of(start[1:]) == "cmd_serve"
@@ -356,8 +396,13 @@ def test_systemd_receiver_unit_runs(tmp_path, redis, redis_server):
     assert f"reverse_proxy 127.0.0.1:{port}" in (SYSTEMD / "Caddyfile").read_text()
     assert float(entries["TimeoutStopSec"][0]) > 20  # uvicorn's graceful shutdown
     new_port = free_port()
-    server = Server(env, tmp_path, name="unit-serve", port=new_port,
-                    args=[a if a != port else str(new_port) for a in start[1:]])
+    server = Server(
+        env,
+        tmp_path,
+        name="unit-serve",
+        port=new_port,
+        args=[a if a != port else str(new_port) for a in start[1:]],
+    )
     try:
         server.wait_up()
     finally:
@@ -374,8 +419,11 @@ def test_systemd_worker_unit_runs_and_stops_on_sigterm(tmp_path, redis, redis_se
     worker = Process(start[1:], env, tmp_path, "unit-worker")
     try:
         # Idle means its loop runs, so RQ's SIGTERM handling is in place.
-        wait_for(lambda: any(redis.hget(key, "state") == b"idle" for key in redis.smembers("rq:workers")),
-                 timeout=30, what="the worker to start working")
+        wait_for(
+            lambda: any(redis.hget(key, "state") == b"idle" for key in redis.smembers("rq:workers")),
+            timeout=30,
+            what="the worker to start working",
+        )
         worker.signal(signal.SIGTERM)
         assert worker.wait(30) == 0
     finally:
@@ -387,8 +435,13 @@ def test_systemd_worker_unit_runs_and_stops_on_sigterm(tmp_path, redis, redis_se
 def test_systemd_analyze_verify(tmp_path, name):
     text = (SYSTEMD / name).read_text().replace("/opt/osma-router/venv", sys.prefix)
     (tmp_path / name).write_text(text)
-    result = subprocess.run(["systemd-analyze", "verify", "--man=no", str(tmp_path / name)],
-                            check=False, capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        ["systemd-analyze", "verify", "--man=no", str(tmp_path / name)],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert result.returncode == 0 and not result.stderr.strip(), result.stderr
 
 

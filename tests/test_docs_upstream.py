@@ -42,7 +42,8 @@ def test_the_example_plugins_tests_pass_with_the_installed_pytest_plugin(tmp_pat
     env = subprocess_env({})
     env["PYTHONPATH"] = f"{tmp_path}:{env['PYTHONPATH']}"
     command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(tmp_path)]
-    result = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
-                            check=False)
+    result = subprocess.run(
+        command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300, check=False
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "2 passed" in result.stdout

@@ -33,14 +33,19 @@ def event_about(task, event_type, updated_at, **changes):
 
 
 @pytest.mark.parametrize("osma_router_routes", [ACTION])
-def test_an_action_follows_its_task_from_creation_to_deletion(deliver, fake_ogsm, fake_osma, osma_router_redis):
+def test_an_action_follows_its_task_from_creation_to_deletion(
+    deliver, fake_ogsm, fake_osma, osma_router_redis
+):
     task = fake_osma.add_task(template="follow_up_call", description="Call the member back")
     deliver(event_about(task, "task.created", "2026-11-20T10:00:00+00:00"))
     (action,) = fake_ogsm.actions()
     assert action["title"] == "Call the member back"
     assert action["strategies"] == [{"id": 7}] and action["labels"] == [{"name": "osma"}]
     assert action["status"] == {"name": "todo"} and action["progress"] == 0
-    assert osma_router_redis.hget("osma_router:ogsm_action:ogsm_action_id", task["id"]) == str(action["id"]).encode()
+    assert (
+        osma_router_redis.hget("osma_router:ogsm_action:ogsm_action_id", task["id"])
+        == str(action["id"]).encode()
+    )
     assert fake_osma.task(task["id"])["metadata"] == {"ogsm_action_id": str(action["id"])}
     write_back = fake_osma.requests_to("POST", f"/tasks/{task['id']}")[0]
     assert write_back.headers["idempotency-key"].startswith("osma-router:")
@@ -103,8 +108,10 @@ def test_a_lost_create_answer_is_reconciled(deliver, fake_ogsm, fake_osma):
     deliver(event_about(task, "task.created", "2026-11-20T10:00:00+00:00"))
     actions = fake_ogsm.actions()
     assert len(actions) == 2  # one per task, although the titles are the same
-    assert fake_osma.task(task["id"])["metadata"]["ogsm_action_id"] != fake_osma.task(other["id"])["metadata"][
-        "ogsm_action_id"]
+    assert (
+        fake_osma.task(task["id"])["metadata"]["ogsm_action_id"]
+        != fake_osma.task(other["id"])["metadata"]["ogsm_action_id"]
+    )
 
 
 @pytest.mark.parametrize("osma_router_routes", [ACTION])
@@ -122,8 +129,11 @@ WRITE_BACK = """
 [[routes]]
 on = "task.completed"
 handler = "osma.task_metadata"
-metadata = { ogsm_indicator_report_id = "effect:ogsm.indicator_report", template = "field:template", by = "osma-router" }
 backoff = [0]
+[routes.metadata]
+ogsm_indicator_report_id = "effect:ogsm.indicator_report"
+template = "field:template"
+by = "osma-router"
 
 [[routes]]
 on = "task.completed"
@@ -139,17 +149,27 @@ def test_task_metadata_records_the_effect_of_another_route(deliver, fake_ogsm, f
     deliver(event)  # the metadata job runs first, waits for the report's effect, then writes it
     (report,) = fake_ogsm.indicator_reports()
     assert fake_osma.task(task["id"])["metadata"] == {
-        "ogsm_indicator_report_id": str(report["id"]), "template": "update_blood_pressure", "by": "osma-router"}
+        "ogsm_indicator_report_id": str(report["id"]),
+        "template": "update_blood_pressure",
+        "by": "osma-router",
+    }
     (update,) = fake_osma.requests_to("POST")
-    assert update.json == {"metadata": {"ogsm_indicator_report_id": str(report["id"]),
-                                        "template": "update_blood_pressure", "by": "osma-router"}}
+    assert update.json == {
+        "metadata": {
+            "ogsm_indicator_report_id": str(report["id"]),
+            "template": "update_blood_pressure",
+            "by": "osma-router",
+        }
+    }
     osma_router_redis.delete(dedup_key("osma", event["id"]))
     deliver(event)
     assert len(fake_osma.requests_to("POST")) == 1 and len(fake_ogsm.indicator_reports()) == 1
 
 
-@pytest.mark.parametrize("osma_router_routes", [('[[routes]]\nhandler = "osma.task_metadata"\n'
-                                                'metadata = { synced = "yes" }\nbackoff = [0]\n')])
+@pytest.mark.parametrize(
+    "osma_router_routes",
+    [('[[routes]]\nhandler = "osma.task_metadata"\nmetadata = { synced = "yes" }\nbackoff = [0]\n')],
+)
 def test_osma_503_then_success_writes_once_with_one_idempotency_key(deliver, fake_osma):
     task = fake_osma.add_task(template="t")
     fake_osma.fail(503, times=2, method="POST")

@@ -25,10 +25,20 @@ backoff = [0]
 """
 
 
-def completed(task_id: str, created_at: str = "2026-11-20T10:00:00+00:00", *, event_id: str | None = None,
-              template: str = "update_blood_pressure", **fields):
-    return task_event("task.completed", {"id": task_id, "object": "task", "template": template, **fields},
-                      event_id=event_id, created_at=created_at)
+def completed(
+    task_id: str,
+    created_at: str = "2026-11-20T10:00:00+00:00",
+    *,
+    event_id: str | None = None,
+    template: str = "update_blood_pressure",
+    **fields,
+):
+    return task_event(
+        "task.completed",
+        {"id": task_id, "object": "task", "template": template, **fields},
+        event_id=event_id,
+        created_at=created_at,
+    )
 
 
 def values(fake_ogsm, indicator_id=456):
@@ -102,7 +112,7 @@ def test_reconciling_does_not_adopt_another_events_report(deliver, fake_ogsm):
     assert values(fake_ogsm) == [("2026-11-01", 1)] * 3
 
 
-@pytest.mark.parametrize("osma_router_routes", [COUNT_MONTH + 'retries = 0\n'])
+@pytest.mark.parametrize("osma_router_routes", [COUNT_MONTH + "retries = 0\n"])
 def test_a_rejected_report_goes_to_the_failed_registry_at_once(deliver, fake_ogsm, osma_router_redis):
     fake_ogsm.fail(400, body={"error": "indicator archived"}, times=float("inf"))
     deliver(completed("task_a"))
@@ -164,14 +174,19 @@ def test_a_smaller_count_for_the_same_kpi_and_date_posts_nothing(deliver, fake_o
     assert values(fake_ogsm) == [("2026-11-16", 1), ("2026-11-16", 2), ("2026-11-16", 2)]
 
 
-@pytest.mark.parametrize("osma_router_routes", ["""
+@pytest.mark.parametrize(
+    "osma_router_routes",
+    [
+        """
 [[routes]]
 on = "member.created"
 handler = "ogsm.goal_report"
 goal_id = 123
 value = 1.5
 period = "day"
-"""])
+"""
+    ],
+)
 def test_goal_report_with_a_constant(deliver, fake_ogsm):
     deliver(task_event("member.created", {"id": "mem_1"}, created_at="2026-11-20T10:00:00Z"))
     (request,) = fake_ogsm.requests_to("POST")
@@ -180,10 +195,12 @@ def test_goal_report_with_a_constant(deliver, fake_ogsm):
 
 
 @pytest.mark.parametrize("osma_router_routes", [COUNT_MONTH])
-def test_missing_ogsm_settings_fail_the_job_at_once_naming_them(deliver, osma_router_env, osma_router_redis,
-                                                               osma_router):
+def test_missing_ogsm_settings_fail_the_job_at_once_naming_them(
+    deliver, osma_router_env, osma_router_redis, osma_router
+):
     osma_router.settings = type(osma_router.settings).from_env(
-        {k: v for k, v in osma_router_env.items() if "OGSM" not in k}, env_file=None)
+        {k: v for k, v in osma_router_env.items() if "OGSM" not in k}, env_file=None
+    )
     deliver(completed("task_a"))
     (row,) = list(FailedJobs(osma_router_redis, ["osma-router"]))
     assert row.attempts == 1
@@ -205,7 +222,9 @@ def test_missing_ogsm_settings_fail_the_job_at_once_naming_them(deliver, osma_ro
 def test_bad_route_parameters_are_a_config_error_at_start_up(params, message):
     import tomllib
 
-    document = tomllib.loads(f'[[routes]]\non = "task.completed"\nhandler = "ogsm.indicator_report"\n{params}\n')
+    document = tomllib.loads(
+        f'[[routes]]\non = "task.completed"\nhandler = "ogsm.indicator_report"\n{params}\n'
+    )
     with pytest.raises(ConfigError, match=message):
         parse_config(document, registry=HandlerRegistry.discover())
 

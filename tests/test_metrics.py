@@ -41,8 +41,16 @@ def test_deliveries_latency_and_queue_depth(start_receiver, redis):
     samples = scrape(receiver)
     assert value(samples, "osma_router_deliveries_total", source="osma", outcome="accepted", reason="") == 3
     assert value(samples, "osma_router_deliveries_total", source="osma", outcome="duplicate", reason="") == 1
-    assert value(samples, "osma_router_deliveries_total", source="osma", outcome="rejected",
-                 reason="signature_mismatch") == 1
+    assert (
+        value(
+            samples,
+            "osma_router_deliveries_total",
+            source="osma",
+            outcome="rejected",
+            reason="signature_mismatch",
+        )
+        == 1
+    )
     assert value(samples, "osma_router_delivery_duration_seconds_count", source="osma") == 5
     assert value(samples, "osma_router_delivery_duration_seconds_bucket", source="osma", le="+Inf") == 5
     assert 0 < value(samples, "osma_router_delivery_duration_seconds_sum", source="osma") < 5
@@ -108,7 +116,9 @@ def test_metrics_still_answer_while_redis_is_away(start_receiver, redis_server):
         assert receiver.post(body).status_code == 503
         samples = scrape(receiver)
         assert value(samples, "osma_router_redis_up") == 0
-        assert value(samples, "osma_router_deliveries_total", source="osma", outcome="accepted", reason="") == 1
+        assert (
+            value(samples, "osma_router_deliveries_total", source="osma", outcome="accepted", reason="") == 1
+        )
         assert value(samples, "osma_router_delivery_duration_seconds_count", source="osma") == 2
     finally:
         redis_server.start()

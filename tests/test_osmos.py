@@ -10,7 +10,7 @@ import subprocess
 import sys
 import threading
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -48,12 +48,15 @@ event_type = "osmos.strict.record"
 extra = "reject"
 fields = [{ name = "code", type = "string" }]
 """
-ROUTES = """
+ROUTES = (
+    """
 [[routes]]
 on = "osmos.crm.record"
 handler = "sample.record"
 label = "crm"
-""" + CONNECTORS
+"""
+    + CONNECTORS
+)
 HEADERS = {"authorization": TOKEN, "content-type": "application/json"}
 
 
@@ -68,11 +71,13 @@ def osmos(start_receiver, monkeypatch):
     return start
 
 
-def post(receiver: Any, payload: Any, connector: str = "crm", headers: dict[str, str] | None = None,
-         **kw: Any) -> httpx.Response:
+def post(
+    receiver: Any, payload: Any, connector: str = "crm", headers: dict[str, str] | None = None, **kw: Any
+) -> httpx.Response:
     body = payload if isinstance(payload, (bytes, bytearray)) else orjson.dumps(payload)
-    return receiver.http.post(f"/ingest/osmos/{connector}", content=body,
-                              headers=HEADERS if headers is None else headers, **kw)
+    return receiver.http.post(
+        f"/ingest/osmos/{connector}", content=body, headers=HEADERS if headers is None else headers, **kw
+    )
 
 
 def queued(redis: Redis) -> list[str]:
@@ -86,10 +91,13 @@ def job_spec(redis: Redis, job_id: str) -> dict[str, Any]:
 
 def nothing_stored(redis: Redis) -> bool:
     """No queued job, no job hash, no dedup mark, no staging left behind."""
-    return (redis.llen(QUEUE) == 0 and not list(redis.scan_iter("rq:job:*"))
-            and not redis.exists(seen_key("crm"))
-            and not list(redis.scan_iter("osma_router:osmos:batch:*"))
-            and redis.zcard(INFLIGHT_KEY) == 0)
+    return (
+        redis.llen(QUEUE) == 0
+        and not list(redis.scan_iter("rq:job:*"))
+        and not redis.exists(seen_key("crm"))
+        and not list(redis.scan_iter("osma_router:osmos:batch:*"))
+        and redis.zcard(INFLIGHT_KEY) == 0
+    )
 
 
 def h(data: bytes) -> str:
@@ -107,8 +115,17 @@ def expected_id(record: dict[str, Any], connector: str = "crm", key: str | None 
 
 
 def customers(n: int, start: int = 0) -> list[dict[str, Any]]:
-    return [{"customer_id": f"cus_{i}", "visits": i, "score": i / 2, "active": i % 2 == 0,
-             "birthday": "1980-02-29", "seen_at": "2026-11-20T10:00:00Z"} for i in range(start, start + n)]
+    return [
+        {
+            "customer_id": f"cus_{i}",
+            "visits": i,
+            "score": i / 2,
+            "active": i % 2 == 0,
+            "birthday": "1980-02-29",
+            "seen_at": "2026-11-20T10:00:00Z",
+        }
+        for i in range(start, start + n)
+    ]
 
 
 # -- accepted batches --------------------------------------------------------------------
@@ -134,7 +151,7 @@ def test_valid_batch_is_accepted_and_each_record_becomes_a_queued_event(osmos, r
 def test_record_event_has_the_pinned_shape(osmos, redis):
     receiver = osmos()
     record = {"customer_id": "cus_Zoë_東京", "visits": None, "note": "kept as sent"}
-    before = datetime.now(timezone.utc)
+    before = datetime.now(UTC)
     assert post(receiver, record).status_code == 202
     (job_id,) = queued(redis)
     spec = job_spec(redis, job_id)
@@ -212,21 +229,27 @@ def test_concurrent_copies_of_one_batch_queue_each_record_once(osmos, redis):
 
 def test_connector_without_key_uses_the_content_hash_alone(osmos, redis):
     receiver = osmos()
-    response = post(receiver, [{"code": "A1"}], connector="strict",
-                    headers={"x-osmos-key": TOKEN, "content-type": "application/json"})
+    response = post(
+        receiver,
+        [{"code": "A1"}],
+        connector="strict",
+        headers={"x-osmos-key": TOKEN, "content-type": "application/json"},
+    )
     assert response.status_code == 202
-    assert redis.zrange(seen_key("strict"), 0, -1) == [
-        expected_id({"code": "A1"}, "strict", None).encode()]
+    assert redis.zrange(seen_key("strict"), 0, -1) == [expected_id({"code": "A1"}, "strict", None).encode()]
 
 
 def test_where_routes_pick_records_by_field(osmos, redis):
-    receiver = osmos(ROUTES + '\n[[routes]]\non = "osmos.crm.record"\nwhere = { visits = 2 }\n'
-                     'handler = "sample.record"\nlabel = "two"\n')
+    receiver = osmos(
+        ROUTES + '\n[[routes]]\non = "osmos.crm.record"\nwhere = { visits = 2 }\n'
+        'handler = "sample.record"\nlabel = "two"\n'
+    )
     assert post(receiver, customers(4)).status_code == 202
     assert len(queued(redis)) == 5  # four for the first route, one for `visits = 2`
     receiver.drain()
     assert [entry for entry in handled(redis) if "|two|" in entry] == [
-        f"{expected_id(customers(4)[2])}|sample.record|two|1"]
+        f"{expected_id(customers(4)[2])}|sample.record|two|1"
+    ]
 
 
 def test_records_with_no_route_are_remembered_without_jobs(osmos, redis):
@@ -266,13 +289,27 @@ def test_batch_with_two_bad_records_names_exactly_those_and_stores_nothing(osmos
     assert nothing_stored(redis)
 
 
-@pytest.mark.parametrize(("field", "value"), [
-    ("visits", 3.5), ("visits", 3.0), ("visits", True), ("visits", "3"), ("score", "1.5"),
-    ("active", 1), ("active", "true"), ("birthday", "1980-02-30"), ("birthday", "19800229"),
-    ("birthday", "1980-02-29T00:00:00Z"), ("seen_at", "2026-11-20T10:00:00"),
-    ("seen_at", "2026-11-20 10:00:00Z"), ("seen_at", "2026-13-20T10:00:00Z"), ("customer_id", 42),
-    ("customer_id", None), ("customer_id", ["cus_1"]),
-])
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("visits", 3.5),
+        ("visits", 3.0),
+        ("visits", True),
+        ("visits", "3"),
+        ("score", "1.5"),
+        ("active", 1),
+        ("active", "true"),
+        ("birthday", "1980-02-30"),
+        ("birthday", "19800229"),
+        ("birthday", "1980-02-29T00:00:00Z"),
+        ("seen_at", "2026-11-20T10:00:00"),
+        ("seen_at", "2026-11-20 10:00:00Z"),
+        ("seen_at", "2026-13-20T10:00:00Z"),
+        ("customer_id", 42),
+        ("customer_id", None),
+        ("customer_id", ["cus_1"]),
+    ],
+)
 def test_types_are_strict(osmos, redis, field, value):
     record = customers(1)[0] | {field: value}
     response = post(osmos(), [record])
@@ -281,8 +318,12 @@ def test_types_are_strict(osmos, redis, field, value):
 
 
 def test_unknown_fields_are_rejected_when_the_connector_says_so(osmos, redis):
-    response = post(osmos(), [{"code": "A"}, {"code": "B", "extra": 1}], connector="strict",
-                    headers={"X-Osmos-Key": TOKEN, "content-type": "application/json"})
+    response = post(
+        osmos(),
+        [{"code": "A"}, {"code": "B", "extra": 1}],
+        connector="strict",
+        headers={"X-Osmos-Key": TOKEN, "content-type": "application/json"},
+    )
     assert response.status_code == 422
     assert [(e["index"], e["field"]) for e in response.json()["records"]] == [(1, "extra")]
     assert nothing_stored(redis)
@@ -312,8 +353,9 @@ def test_array_elements_that_are_not_objects_are_named(osmos, redis):
     assert nothing_stored(redis)
 
 
-@pytest.mark.parametrize("payload", [b"", b"{", b"[1,", b"{'a': 1}", b"\xff\xfe", b'["\\ud800"]',
-                                     b"[" * 2000 + b"]" * 2000])
+@pytest.mark.parametrize(
+    "payload", [b"", b"{", b"[1,", b"{'a': 1}", b"\xff\xfe", b'["\\ud800"]', b"[" * 2000 + b"]" * 2000]
+)
 def test_body_that_is_not_json_is_400(osmos, redis, payload):
     response = post(osmos(), payload)
     assert response.status_code == 400
@@ -345,7 +387,7 @@ def test_body_over_the_osmos_limit_is_413_also_when_streamed(osmos, redis):
 
     def stream() -> Any:
         for start in range(0, len(big), 100):
-            yield big[start:start + 100]
+            yield big[start : start + 100]
 
     response = receiver.http.post("/ingest/osmos/crm", content=stream(), headers=HEADERS)  # chunked
     assert response.status_code == 413 and response.json()["error"]["type"] == "body_too_large"
@@ -357,13 +399,16 @@ def test_osmos_limit_is_separate_from_the_webhook_limit(osmos, redis):
     assert post(receiver, customers(100)).status_code == 202
 
 
-@pytest.mark.parametrize("headers", [
-    {"content-type": "application/json"},
-    {"authorization": "wrong", "content-type": "application/json"},
-    {"authorization": TOKEN + "x", "content-type": "application/json"},
-    {"authorization": "", "content-type": "application/json"},
-    {"x-osmos-key": TOKEN, "content-type": "application/json"},
-])
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {"content-type": "application/json"},
+        {"authorization": "wrong", "content-type": "application/json"},
+        {"authorization": TOKEN + "x", "content-type": "application/json"},
+        {"authorization": "", "content-type": "application/json"},
+        {"x-osmos-key": TOKEN, "content-type": "application/json"},
+    ],
+)
 def test_missing_or_wrong_auth_header_is_401(osmos, redis, headers):
     response = post(osmos(), customers(1), headers=headers)
     assert response.status_code == 401
@@ -383,8 +428,9 @@ def test_unknown_connector_is_404_before_auth(osmos, redis):
     assert response.json()["error"]["type"] == "unknown_connector"
 
 
-@pytest.mark.parametrize("content_type", [None, "text/plain", "application/x-www-form-urlencoded",
-                                          "application/jsonx"])
+@pytest.mark.parametrize(
+    "content_type", [None, "text/plain", "application/x-www-form-urlencoded", "application/jsonx"]
+)
 def test_wrong_content_type_is_415_after_auth(osmos, redis, content_type):
     headers = {"authorization": TOKEN} | ({"content-type": content_type} if content_type else {})
     response = post(osmos(), customers(1), headers=headers)
@@ -395,8 +441,12 @@ def test_wrong_content_type_is_415_after_auth(osmos, redis, content_type):
 
 def test_checks_run_in_the_pinned_order(osmos, redis):
     receiver = osmos(OSMA_ROUTER_OSMOS_MAX_BODY_BYTES="10")
-    assert post(receiver, b"not json at all", headers={"authorization": TOKEN,
-                                                       "content-type": "text/plain"}).status_code == 415
+    assert (
+        post(
+            receiver, b"not json at all", headers={"authorization": TOKEN, "content-type": "text/plain"}
+        ).status_code
+        == 415
+    )
     assert post(receiver, b"not json at all").status_code == 413
     small = osmos()
     assert post(small, b"[" + b"1," * 250_001 + b"1]").json()["error"]["type"] == "too_many_records"
@@ -458,8 +508,14 @@ def test_metrics_count_osmos_records(osmos, redis):
 
 
 def run_cli(args: list[str], env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "receiver.cli", *args], env=subprocess_env(env),
-                          cwd=cwd, capture_output=True, text=True, timeout=60)
+    return subprocess.run(
+        [sys.executable, "-m", "receiver.cli", *args],
+        env=subprocess_env(env),
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
 
 
 def test_check_config_lists_connectors_with_the_token_masked(tmp_path, redis_server, write_routes):
@@ -471,7 +527,9 @@ def test_check_config_lists_connectors_with_the_token_masked(tmp_path, redis_ser
     assert "CRM_OSMOS_TOKEN" in result.stdout and TOKEN not in result.stdout
 
 
-def test_check_config_fails_in_one_line_when_the_token_variable_is_unset(tmp_path, redis_server, write_routes):
+def test_check_config_fails_in_one_line_when_the_token_variable_is_unset(
+    tmp_path, redis_server, write_routes
+):
     routes = write_routes(ROUTES)
     result = run_cli(["check-config"], env_for(redis_server.url, routes), tmp_path)
     assert result.returncode == 1
@@ -493,14 +551,18 @@ def proc_memory_mb(pid: int) -> dict[str, float]:
 
 @pytest.mark.slow
 @pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads peak RSS from /proc")
-def test_250000_records_through_a_real_server_in_bounded_time_and_memory(tmp_path, redis, redis_server,
-                                                                         write_routes):
+def test_250000_records_through_a_real_server_in_bounded_time_and_memory(
+    tmp_path, redis, redis_server, write_routes
+):
     routes = write_routes('[[routes]]\non = "osmos.crm.record"\nhandler = "noop"\n' + CONNECTORS)
     port = free_port()
     server = subprocess.Popen(
-        [sys.executable, "-m", "receiver.cli", "serve", "--port", str(port)], cwd=tmp_path,
+        [sys.executable, "-m", "receiver.cli", "serve", "--port", str(port)],
+        cwd=tmp_path,
         env=subprocess_env(env_for(redis_server.url, routes, CRM_OSMOS_TOKEN=TOKEN)),
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
     url = f"http://127.0.0.1:{port}/ingest/osmos/crm"
     try:
         deadline = time.monotonic() + 30
@@ -512,10 +574,19 @@ def test_250000_records_through_a_real_server_in_bounded_time_and_memory(tmp_pat
                 pass
             assert time.monotonic() < deadline and server.poll() is None, "serve did not come up"
             time.sleep(0.1)
-        records = [{"customer_id": f"cus_{i:09d}", "visits": i % 500, "score": i / 7, "active": i % 3 == 0,
-                    "birthday": "1985-06-15", "seen_at": "2026-11-20T10:00:00+01:00",
-                    "name": f"Customer {i} with a longer name", "email": f"c{i}@example.com"}
-                   for i in range(250_000)]
+        records = [
+            {
+                "customer_id": f"cus_{i:09d}",
+                "visits": i % 500,
+                "score": i / 7,
+                "active": i % 3 == 0,
+                "birthday": "1985-06-15",
+                "seen_at": "2026-11-20T10:00:00+01:00",
+                "name": f"Customer {i} with a longer name",
+                "email": f"c{i}@example.com",
+            }
+            for i in range(250_000)
+        ]
         body = orjson.dumps(records)
         del records
         assert len(body) > 40_000_000

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 import orjson
@@ -32,12 +32,21 @@ from receiver.routes import parse_config
 from receiver.settings import Secret
 
 T = TypeVar("T")
-RECEIVED = datetime(2026, 11, 20, 10, 0, 0, 123456, tzinfo=timezone.utc)
+RECEIVED = datetime(2026, 11, 20, 10, 0, 0, 123456, tzinfo=UTC)
 CONFIG = {
-    "routes": [{"on": "osmos.crm.record", "handler": "noop"},
-               {"on": "osmos.*", "handler": "noop", "queue": "bulk", "retries": 2}],
-    "connectors": {"crm": {"header": "Authorization", "token": "env:T", "event_type": "osmos.crm.record",
-                           "key": "id", "fields": [{"name": "id", "type": "string"}]}},
+    "routes": [
+        {"on": "osmos.crm.record", "handler": "noop"},
+        {"on": "osmos.*", "handler": "noop", "queue": "bulk", "retries": 2},
+    ],
+    "connectors": {
+        "crm": {
+            "header": "Authorization",
+            "token": "env:T",
+            "event_type": "osmos.crm.record",
+            "key": "id",
+            "fields": [{"name": "id", "type": "string"}],
+        }
+    },
 }
 
 
@@ -54,12 +63,17 @@ class Store:
         self.connector = self.config.connectors["crm"]
         self.builder = JobBuilder(self.config.routes, "osma-router", sealer)
         self.coder = EventCoder(self.connector.event_type, RECEIVED, sealer)
-        self.layouts = [lay_out_route(self.builder, self.connector.event_type, RECEIVED, route, sealer is not None)
-                        for route in self.config.routes]
+        self.layouts = [
+            lay_out_route(self.builder, self.connector.event_type, RECEIVED, route, sealer is not None)
+            for route in self.config.routes
+        ]
 
     def chunk(self, records: list[dict[str, Any]]) -> StagedChunk:
         ids = [record_event_id(self.connector, r) for r in records]
-        bodies = [self.coder.body_value(self.coder.event(i, canonical_json(r))) for i, r in zip(ids, records)]
+        bodies = [
+            self.coder.body_value(self.coder.event(i, canonical_json(r)))
+            for i, r in zip(ids, records, strict=True)
+        ]
         return StagedChunk(ids, bodies, None)
 
     def session(self, work: Callable[[BatchStore], Awaitable[T]], **kw: Any) -> T:
@@ -91,10 +105,10 @@ def batch_keys(redis: Redis) -> list[bytes]:
 
 
 def test_job_data_is_what_job_builder_writes(store: Store, redis: Redis):
-    record = {"id": "cus_1", "name": "Zoë \"quoted\" \\ \u2028"}
+    record = {"id": "cus_1", "name": 'Zoë "quoted" \\ \u2028'}
     event_id = record_event_id(store.connector, record)
     event = store.coder.event(event_id, canonical_json(record))
-    for layout, route in zip(store.layouts, store.config.routes):
+    for layout, route in zip(store.layouts, store.config.routes, strict=True):
         (expected,) = store.builder.build("osmos", event_id, "osmos.crm.record", event, RECEIVED, [route])
         assert layout.job_id(event_id) == expected.job_id
         assert layout.data(event_id, store.coder.body_value(event)) == expected.data
@@ -110,8 +124,13 @@ def test_sealed_job_data_opens_to_the_same_event(redis_server: Any, redis: Redis
     data = sealed.layouts[0].data(event_id, sealed.coder.body_value(event))
     spec = orjson.loads(data)[2][0]
     assert b"cus_secret" not in data and sealer.open(spec["sealed"]) == event
-    assert orjson.loads(event) == {"id": event_id, "type": "osmos.crm.record", "object": "event",
-                                   "created_at": RECEIVED.isoformat(), "data": {"object": record}}
+    assert orjson.loads(event) == {
+        "id": event_id,
+        "type": "osmos.crm.record",
+        "object": "event",
+        "created_at": RECEIVED.isoformat(),
+        "data": {"object": record},
+    }
 
 
 def test_staged_jobs_stay_invisible_until_the_commit(store: Store, redis: Redis):

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from datetime import timedelta, timezone
+from datetime import UTC, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
@@ -31,8 +31,10 @@ GOOD = {
     "token": "env:CRM_TOKEN",
     "event_type": "osmos.crm.record",
     "key": "customer_id",
-    "fields": [{"name": "customer_id", "type": "string", "nullable": False},
-               {"name": "visits", "type": "integer", "nullable": True}],
+    "fields": [
+        {"name": "customer_id", "type": "string", "nullable": False},
+        {"name": "visits", "type": "integer", "nullable": True},
+    ],
 }
 
 
@@ -56,25 +58,28 @@ def test_a_good_connector_is_parsed_and_its_token_never_shows():
     assert "CRM_TOKEN" in crm.describe()
 
 
-@pytest.mark.parametrize(("changes", "expected"), [
-    ({"token": "s3cret-in-clear"}, "`token` must be \"env:VARIABLE\""),
-    ({"token": "env:UNSET_VAR"}, "UNSET_VAR is not set"),
-    ({"token": "env:"}, "valid variable name"),
-    ({"token": None}, "`token` must be"),
-    ({"header": None}, "needs `header"),
-    ({"header": "Bad Header"}, "needs `header"),
-    ({"event_type": "osmos.*"}, "event_type"),
-    ({"event_type": None}, "event_type"),
-    ({"key": "nope"}, "`key` must name one of the connector's fields"),
-    ({"extra": "drop"}, "`extra` must be"),
-    ({"fields": []}, "needs `fields"),
-    ({"fields": [{"name": "a", "type": "text"}]}, "`type` must be one of"),
-    ({"fields": [{"name": "a", "type": "string", "nullable": "yes"}]}, "`nullable` must be"),
-    ({"fields": [{"name": "a", "type": "string"}, {"name": "a", "type": "integer"}]}, "declared twice"),
-    ({"fields": [{"name": "a", "type": "string", "max": 3}]}, "unknown key(s) max"),
-    ({"fields": [{"type": "string"}]}, "non-empty `name`"),
-    ({"schema": {}}, "unknown key(s) schema"),
-])
+@pytest.mark.parametrize(
+    ("changes", "expected"),
+    [
+        ({"token": "s3cret-in-clear"}, '`token` must be "env:VARIABLE"'),
+        ({"token": "env:UNSET_VAR"}, "UNSET_VAR is not set"),
+        ({"token": "env:"}, "valid variable name"),
+        ({"token": None}, "`token` must be"),
+        ({"header": None}, "needs `header"),
+        ({"header": "Bad Header"}, "needs `header"),
+        ({"event_type": "osmos.*"}, "event_type"),
+        ({"event_type": None}, "event_type"),
+        ({"key": "nope"}, "`key` must name one of the connector's fields"),
+        ({"extra": "drop"}, "`extra` must be"),
+        ({"fields": []}, "needs `fields"),
+        ({"fields": [{"name": "a", "type": "text"}]}, "`type` must be one of"),
+        ({"fields": [{"name": "a", "type": "string", "nullable": "yes"}]}, "`nullable` must be"),
+        ({"fields": [{"name": "a", "type": "string"}, {"name": "a", "type": "integer"}]}, "declared twice"),
+        ({"fields": [{"name": "a", "type": "string", "max": 3}]}, "unknown key(s) max"),
+        ({"fields": [{"type": "string"}]}, "non-empty `name`"),
+        ({"schema": {}}, "unknown key(s) schema"),
+    ],
+)
 def test_bad_connectors_are_config_errors_naming_the_file_and_connector(changes, expected):
     with pytest.raises(ConfigError) as caught:
         connector(**changes)
@@ -94,10 +99,14 @@ def test_connectors_must_be_tables():
         parse_connectors({"crm": "x"}, "routes.toml", ENV)
 
 
-def test_the_routes_file_carries_connectors_and_reads_tokens_from_the_environment(tmp_path: Path, monkeypatch):
+def test_the_routes_file_carries_connectors_and_reads_tokens_from_the_environment(
+    tmp_path: Path, monkeypatch
+):
     path = tmp_path / "osma-router.toml"
-    path.write_text('[connectors.crm]\nheader = "X-Key"\ntoken = "env:CRM_TOKEN"\n'
-                    'event_type = "osmos.crm.record"\nfields = [{ name = "id", type = "string" }]\n')
+    path.write_text(
+        '[connectors.crm]\nheader = "X-Key"\ntoken = "env:CRM_TOKEN"\n'
+        'event_type = "osmos.crm.record"\nfields = [{ name = "id", type = "string" }]\n'
+    )
     monkeypatch.delenv("CRM_TOKEN", raising=False)
     monkeypatch.chdir(tmp_path)
     with pytest.raises(ConfigError, match=f"{path}: connector 'crm': token: environment variable CRM_TOKEN"):
@@ -111,9 +120,15 @@ def test_the_routes_file_carries_connectors_and_reads_tokens_from_the_environmen
 
 # -- the validator -----------------------------------------------------------------------
 
-SCHEMA = [FieldSpec("s", "string"), FieldSpec("i", "integer"), FieldSpec("n", "number"),
-          FieldSpec("b", "boolean"), FieldSpec("d", "date"), FieldSpec("t", "datetime"),
-          FieldSpec("maybe", "integer", nullable=True)]
+SCHEMA = [
+    FieldSpec("s", "string"),
+    FieldSpec("i", "integer"),
+    FieldSpec("n", "number"),
+    FieldSpec("b", "boolean"),
+    FieldSpec("d", "date"),
+    FieldSpec("t", "datetime"),
+    FieldSpec("maybe", "integer", nullable=True),
+]
 
 
 def errors_of(record: Any, fields: list[FieldSpec] = SCHEMA, reject: bool = False) -> list[tuple[Any, ...]]:
@@ -128,13 +143,34 @@ def test_a_good_record_passes_and_nullable_fields_may_be_null_or_absent():
     assert errors_of(good | {"n": 3}) == []  # number takes integers too
 
 
-@pytest.mark.parametrize(("field", "value"), [
-    ("i", 1.0), ("i", 1e3), ("i", "1"), ("i", True), ("i", 2**64 * 1.0), ("n", "1"), ("n", False),
-    ("b", 0), ("b", "false"), ("s", 1), ("s", {"a": 1}), ("d", "2024-2-9"), ("d", "2023-02-29"),
-    ("d", "20240229"), ("d", "2024-W09-4"), ("d", "２０２４-02-29"), ("t", "2024-02-29T10:00"),
-    ("t", "2024-02-29T10:00:00+25:00"), ("t", "2024-02-29 10:00:00Z"), ("t", "2024-02-29T10Z"),
-    ("t", "2024-02-29T10:00:00+05"), ("t", "2024-02-29"), ("maybe", "7"),
-])
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("i", 1.0),
+        ("i", 1e3),
+        ("i", "1"),
+        ("i", True),
+        ("i", 2**64 * 1.0),
+        ("n", "1"),
+        ("n", False),
+        ("b", 0),
+        ("b", "false"),
+        ("s", 1),
+        ("s", {"a": 1}),
+        ("d", "2024-2-9"),
+        ("d", "2023-02-29"),
+        ("d", "20240229"),
+        ("d", "2024-W09-4"),
+        ("d", "２０２４-02-29"),
+        ("t", "2024-02-29T10:00"),
+        ("t", "2024-02-29T10:00:00+25:00"),
+        ("t", "2024-02-29 10:00:00Z"),
+        ("t", "2024-02-29T10Z"),
+        ("t", "2024-02-29T10:00:00+05"),
+        ("t", "2024-02-29"),
+        ("maybe", "7"),
+    ],
+)
 def test_types_are_strict(field, value):
     good = {"s": "", "i": 1, "n": 1, "b": True, "d": "2024-02-29", "t": "2024-02-29T10:00:00Z"}
     assert errors_of(good | {field: value}) == [(0, field)]
@@ -160,16 +196,21 @@ def test_the_report_keeps_the_first_entries_and_counts_the_rest():
 
 
 json_values = st.recursive(
-    st.none() | st.booleans() | st.integers(-(2**63), 2**64 - 1) | st.floats(allow_nan=False, allow_infinity=False)
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**63), 2**64 - 1)
+    | st.floats(allow_nan=False, allow_infinity=False)
     | st.text(max_size=20),
     lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
     max_leaves=12,
 )
 schemas = st.lists(
     st.builds(FieldSpec, st.text(min_size=1, max_size=6), st.sampled_from(FIELD_TYPES), st.booleans()),
-    min_size=1, max_size=6, unique_by=lambda f: f.name,
+    min_size=1,
+    max_size=6,
+    unique_by=lambda f: f.name,
 )
-OFFSETS = [timezone.utc, timezone(timedelta(hours=5, minutes=30)), timezone(-timedelta(hours=11))]
+OFFSETS = [UTC, timezone(timedelta(hours=5, minutes=30)), timezone(-timedelta(hours=11))]
 
 
 def valid_value(kind: str) -> st.SearchStrategy[Any]:
@@ -180,9 +221,15 @@ def valid_value(kind: str) -> st.SearchStrategy[Any]:
         "boolean": st.booleans(),
         "date": st.dates().map(lambda d: d.isoformat()),
         "datetime": st.datetimes(timezones=st.sampled_from(OFFSETS)).flatmap(
-            lambda t: st.sampled_from([t.isoformat(), t.isoformat(timespec="seconds"),
-                                       t.isoformat(timespec="minutes"),
-                                       t.astimezone(timezone.utc).isoformat().replace("+00:00", "Z")])),
+            lambda t: st.sampled_from(
+                [
+                    t.isoformat(),
+                    t.isoformat(timespec="seconds"),
+                    t.isoformat(timespec="minutes"),
+                    t.astimezone(UTC).isoformat().replace("+00:00", "Z"),
+                ]
+            )
+        ),
     }[kind]
 
 
@@ -255,5 +302,8 @@ def test_event_id_examples():
     c = hashlib.sha256(canonical).hexdigest()[:16]
     assert record_event_id(connector(), record) == f"osmos_crm_{k}_{c}"
     assert record_event_id(connector(key=None), record) == f"osmos_crm_{c}"
-    assert record_event_id(connector(), {"customer_id": 42}).split("_")[2] == hashlib.sha256(b"42").hexdigest()[:16]
+    assert (
+        record_event_id(connector(), {"customer_id": 42}).split("_")[2]
+        == hashlib.sha256(b"42").hexdigest()[:16]
+    )
     assert "cus_42" not in record_event_id(connector(), record)

@@ -3,6 +3,8 @@ routing, parameters, JSON jobs, retries with backoff, the failed registry."""
 
 from __future__ import annotations
 
+from datetime import UTC
+
 import orjson
 from redis import Redis
 from rq.job import Job
@@ -92,9 +94,7 @@ def test_failing_handler_is_retried_then_succeeds(start_receiver, redis):
 
 
 def test_exhausted_retries_land_in_failed_registry_and_retry_runs_again(start_receiver, redis):
-    receiver = start_receiver(
-        '[[routes]]\non = "*"\nhandler = "sample.broken"\nretries = 2\nbackoff = [0]\n'
-    )
+    receiver = start_receiver('[[routes]]\non = "*"\nhandler = "sample.broken"\nretries = 2\nbackoff = [0]\n')
     redis.set("test:broken", "1")
     receiver.post(make_event(event_id="evt_broken"))
     receiver.drain()
@@ -113,7 +113,9 @@ def test_exhausted_retries_land_in_failed_registry_and_retry_runs_again(start_re
 
 
 def test_rejected_upstream_goes_to_failed_at_once(start_receiver, redis):
-    receiver = start_receiver('[[routes]]\non = "*"\nhandler = "sample.rejects"\nretries = 5\nbackoff = [0]\n')
+    receiver = start_receiver(
+        '[[routes]]\non = "*"\nhandler = "sample.rejects"\nretries = 5\nbackoff = [0]\n'
+    )
     receiver.post(make_event(event_id="evt_rejected"))
     receiver.drain()
     assert len(handled(redis)) == 1
@@ -132,9 +134,9 @@ def test_retry_with_backoff_is_scheduled_not_run_in_burst(start_receiver, redis)
     assert scheduled.count == 1
     (job_id,) = scheduled.get_job_ids()
     retry_at = scheduled.get_scheduled_time(job_id)
-    from datetime import datetime, timezone
+    from datetime import datetime
 
-    wait = (retry_at - datetime.now(timezone.utc)).total_seconds()
+    wait = (retry_at - datetime.now(UTC)).total_seconds()
     assert 50 < wait <= 60
 
 

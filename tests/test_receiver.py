@@ -8,11 +8,10 @@ import time
 import httpx
 import orjson
 from redis import Redis
+from support import SECRET, make_event, signature_headers
 
 from receiver.dedup import dedup_key
 from receiver.redis_server import RedisServer
-
-from support import SECRET, make_event, signature_headers
 
 ROUTES = """
 [[routes]]
@@ -76,8 +75,9 @@ def test_fifty_concurrent_deliveries_of_one_id_are_accepted_once(start_receiver,
     def deliver() -> None:
         with httpx.Client(base_url=receiver.url, timeout=10) as client:
             barrier.wait()
-            statuses.append(client.post("/webhooks/osma", content=body,
-                                        headers=signature_headers(body)).status_code)
+            statuses.append(
+                client.post("/webhooks/osma", content=body, headers=signature_headers(body)).status_code
+            )
 
     threads = [threading.Thread(target=deliver) for _ in range(50)]
     for thread in threads:
@@ -102,7 +102,12 @@ def test_error_answers_follow_the_contract(start_receiver, redis):
         (signature_headers(body, secret="whsec_other"), body, 401, "signature_mismatch"),
         (signature_headers(b"not json"), b"not json", 400, "invalid_json"),
         (signature_headers(b"[1, 2]"), b"[1, 2]", 400, "invalid_json"),
-        (signature_headers(b'{"type": "task.completed"}'), b'{"type": "task.completed"}', 400, "invalid_envelope"),
+        (
+            signature_headers(b'{"type": "task.completed"}'),
+            b'{"type": "task.completed"}',
+            400,
+            "invalid_envelope",
+        ),
         (signature_headers(b'{"id": 5, "type": "x"}'), b'{"id": 5, "type": "x"}', 400, "invalid_envelope"),
     ]
     for headers, content, status, error_type in cases:
@@ -242,16 +247,25 @@ from hypothesis import strategies as st  # noqa: E402
 _header_chars = st.characters(min_codepoint=0x20, max_codepoint=0x7E)
 _header_text = st.one_of(
     st.text(_header_chars, max_size=200),
-    st.builds(lambda t, v: f"t={t},v1={v}", st.integers(-(10**20), 10**20), st.text(_header_chars, max_size=80)),
-    st.builds(lambda v: f"t={int(time.time())},v1={v},v0=x", st.text(alphabet="0123456789abcdef", max_size=64)),
+    st.builds(
+        lambda t, v: f"t={t},v1={v}", st.integers(-(10**20), 10**20), st.text(_header_chars, max_size=80)
+    ),
+    st.builds(
+        lambda v: f"t={int(time.time())},v1={v},v0=x", st.text(alphabet="0123456789abcdef", max_size=64)
+    ),
 )
 _body = st.one_of(
     st.binary(max_size=300),
-    st.builds(lambda obj: orjson.dumps(obj), st.recursive(
-        st.none() | st.booleans() | st.integers(-(2**63), 2**63 - 1) | st.text(max_size=20),
-        lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
-        max_leaves=12,
-    )),
+    st.builds(
+        lambda obj: orjson.dumps(obj),
+        st.recursive(
+            st.none() | st.booleans() | st.integers(-(2**63), 2**63 - 1) | st.text(max_size=20),
+            lambda inner: (
+                st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4)
+            ),
+            max_leaves=12,
+        ),
+    ),
 )
 
 

@@ -44,7 +44,9 @@ def captured(start_receiver, redis, redis_server, tmp_path, *bodies: bytes) -> t
     receiver.drain()
     original = handled(redis)
     out = tmp_path / "capture.jsonl"
-    result = osma_router(["capture", "export", str(out)], cli_env(redis_server.url, OSMA_ROUTER_ENCRYPTION_KEYS=KEY))
+    result = osma_router(
+        ["capture", "export", str(out)], cli_env(redis_server.url, OSMA_ROUTER_ENCRYPTION_KEYS=KEY)
+    )
     assert result.returncode == 0, result.stderr
     redis.flushall()
     return out, original
@@ -79,7 +81,9 @@ def test_http_replay_is_resigned_and_accepted_by_a_receiver_with_the_same_secret
     receiver.drain()
     assert records(handled(redis)) == records(original)
 
-    again = replay(redis_server, None, str(capture), "--to", receiver.url + "/webhooks/osma", "--secret", SECRET)
+    again = replay(
+        redis_server, None, str(capture), "--to", receiver.url + "/webhooks/osma", "--secret", SECRET
+    )
     assert again.returncode == 0, again.stderr  # all duplicates: exit 0
     assert "accepted 0, duplicate 2" in again.stdout
 
@@ -139,13 +143,18 @@ def test_dry_run_changes_nothing(start_receiver, redis, redis_server, tmp_path, 
     assert "line 1 evt_dry task.completed received" in result.stdout
     assert "would" in result.stdout and "nothing was sent or changed" in result.stdout
     assert redis_contents(redis) == before
-    accepted = [float(line.rsplit(" ", 1)[1]) for line in receiver.http.get("/metrics").text.splitlines()
-                if line.startswith("osma_router_deliveries_total{") and 'outcome="accepted"' in line]
+    accepted = [
+        float(line.rsplit(" ", 1)[1])
+        for line in receiver.http.get("/metrics").text.splitlines()
+        if line.startswith("osma_router_deliveries_total{") and 'outcome="accepted"' in line
+    ]
     assert sum(accepted) == 0  # nothing reached the receiver either
 
 
 @pytest.mark.parametrize("mode", ["--direct", "--inline"])
-def test_force_reruns_once_and_keeps_the_original_ids(start_receiver, redis, redis_server, tmp_path, routes_file, mode):
+def test_force_reruns_once_and_keeps_the_original_ids(
+    start_receiver, redis, redis_server, tmp_path, routes_file, mode
+):
     body = make_event(event_id="evt_force")
     receiver = start_receiver(ROUTES)
     assert receiver.post(body).status_code == 202
@@ -170,10 +179,13 @@ def test_force_reruns_once_and_keeps_the_original_ids(start_receiver, redis, red
 def test_force_over_http_is_refused(redis, redis_server, tmp_path):
     capture = tmp_path / "one.jsonl"
     capture.write_bytes(capture_line(make_event(event_id="evt_nope")) + b"\n")
-    result = replay(redis_server, None, str(capture), "--to", "http://127.0.0.1:9/", "--secret", SECRET, "--force")
+    result = replay(
+        redis_server, None, str(capture), "--to", "http://127.0.0.1:9/", "--secret", SECRET, "--force"
+    )
     assert result.returncode == 1
     assert result.stderr.strip().splitlines() == [
-        "osma-router: error: --force works with --direct and --inline only: over HTTP the receiver's dedup stands"
+        "osma-router: error: --force works with --direct and --inline only: "
+        "over HTTP the receiver's dedup stands"
     ]
     assert result.stdout == ""
 
@@ -186,7 +198,9 @@ def test_filters_select_exactly_what_they_say(redis, redis_server, tmp_path, rou
         ("evt_d", "task.completed", "2026-11-21T00:00:00+00:00"),
     ]
     capture = tmp_path / "filters.jsonl"
-    capture.write_bytes(b"".join(capture_line(make_event(kind, event_id=i), at) + b"\n" for i, kind, at in rows))
+    capture.write_bytes(
+        b"".join(capture_line(make_event(kind, event_id=i), at) + b"\n" for i, kind, at in rows)
+    )
 
     def selected(*args: str) -> set[str]:
         redis.flushall()
@@ -207,17 +221,17 @@ def test_filters_select_exactly_what_they_say(redis, redis_server, tmp_path, rou
 def test_bad_lines_are_reported_by_number_and_skipped(redis, redis_server, tmp_path, routes_file):
     good = make_event(event_id="evt_good")
     lines = [
-        capture_line(good),                                      # 1 good
-        b"this is not json",                                     # 2
-        b"",                                                     # 3 blank: ignored
-        b"[1, 2]",                                               # 4
-        b'{"id": "evt_x"}',                                      # 5 bare, no type
-        orjson.dumps({"received_at": "2026-11-20T10:00:00Z", "body": 42}),   # 6
-        capture_line(b"not an event"),                           # 7
+        capture_line(good),  # 1 good
+        b"this is not json",  # 2
+        b"",  # 3 blank: ignored
+        b"[1, 2]",  # 4
+        b'{"id": "evt_x"}',  # 5 bare, no type
+        orjson.dumps({"received_at": "2026-11-20T10:00:00Z", "body": 42}),  # 6
+        capture_line(b"not an event"),  # 7
         orjson.dumps({"received_at": "yesterday", "body": good.decode()}),  # 8
-        b"gAAAAABnot-a-real-token",                              # 9
-        b'{"id": "evt_bare", "type": "task.updated"}',           # 10 bare event: good
-        b'{"id": "evt_trunc", "type": "task.upd',                # 11
+        b"gAAAAABnot-a-real-token",  # 9
+        b'{"id": "evt_bare", "type": "task.updated"}',  # 10 bare event: good
+        b'{"id": "evt_trunc", "type": "task.upd',  # 11
     ]
     capture = tmp_path / "bad.jsonl"
     capture.write_bytes(b"\n".join(lines) + b"\n")
@@ -233,8 +247,10 @@ def test_bad_lines_are_reported_by_number_and_skipped(redis, redis_server, tmp_p
 
 def test_bare_event_lines_replay_inline(redis, redis_server, tmp_path, routes_file):
     events = tmp_path / "hand-written.jsonl"
-    events.write_text('{"id": "evt_hand", "type": "task.completed", "created_at": "2026-11-20T08:30:00Z",'
-                      ' "data": {"object": {"id": "tsk_1"}}}\n')
+    events.write_text(
+        '{"id": "evt_hand", "type": "task.completed", "created_at": "2026-11-20T08:30:00Z",'
+        ' "data": {"object": {"id": "tsk_1"}}}\n'
+    )
     result = replay(redis_server, routes_file, str(events), "--inline")
     assert result.returncode == 0, result.stderr
     assert records(handled(redis)) == ["evt_hand|sample.record|r|1"]
@@ -249,14 +265,19 @@ def test_inline_handler_failure_fails_the_replay_and_leaves_the_id_unmarked(redi
     redis.set("test:broken", "1")
     result = replay(redis_server, routes, str(capture), "--inline")
     assert result.returncode == 1
-    assert "line 1 evt_breaks task.completed: failed: sample.broken: HandlerError: broken on purpose" in result.stderr
+    assert (
+        "line 1 evt_breaks task.completed: failed: sample.broken: HandlerError: broken on purpose"
+        in result.stderr
+    )
     assert "failed 1" in result.stdout
     assert not redis.exists(dedup_key("osma", "evt_breaks"))
     redis.delete("test:broken")
     assert replay(redis_server, routes, str(capture), "--inline").returncode == 0
 
 
-def test_encrypted_export_replays_only_with_the_key(start_receiver, redis, redis_server, tmp_path, routes_file):
+def test_encrypted_export_replays_only_with_the_key(
+    start_receiver, redis, redis_server, tmp_path, routes_file
+):
     receiver = start_receiver(ROUTES, OSMA_ROUTER_CAPTURE="on", OSMA_ROUTER_ENCRYPTION_KEYS=KEY)
     receiver.post(make_event(event_id="evt_enc"))
     sealed = tmp_path / "sealed.jsonl"
@@ -266,8 +287,9 @@ def test_encrypted_export_replays_only_with_the_key(start_receiver, redis, redis
 
     without = replay(redis_server, routes_file, str(sealed), "--direct")
     assert without.returncode == 1
-    assert without.stderr.strip() == ("osma-router: error: line 1 is encrypted but OSMA_ROUTER_ENCRYPTION_KEYS "
-                                      "is not set")
+    assert without.stderr.strip() == (
+        "osma-router: error: line 1 is encrypted but OSMA_ROUTER_ENCRYPTION_KEYS is not set"
+    )
     with_key = replay(redis_server, routes_file, str(sealed), "--direct", OSMA_ROUTER_ENCRYPTION_KEYS=KEY)
     assert with_key.returncode == 0, with_key.stderr
     assert redis.exists(dedup_key("osma", "evt_enc"))
@@ -276,7 +298,9 @@ def test_encrypted_export_replays_only_with_the_key(start_receiver, redis, redis
 def test_unreachable_receiver_fails_and_gives_up(redis, redis_server, tmp_path):
     capture = tmp_path / "many.jsonl"
     capture.write_bytes(b"".join(capture_line(make_event(event_id=f"evt_u{n}")) + b"\n" for n in range(8)))
-    result = replay(redis_server, None, str(capture), "--to", f"http://127.0.0.1:{free_port()}", "--secret", SECRET)
+    result = replay(
+        redis_server, None, str(capture), "--to", f"http://127.0.0.1:{free_port()}", "--secret", SECRET
+    )
     assert result.returncode == 1
     assert "Traceback" not in result.stderr
     last = result.stderr.strip().splitlines()[-1]
@@ -292,7 +316,10 @@ def test_rate_paces_the_replay(redis, redis_server, tmp_path):
     assert result.returncode == 0, result.stderr
     assert took >= 0.25  # five gaps of 50 ms
     bad = replay(redis_server, None, str(capture), "--direct", "--rate", "fast")
-    assert bad.returncode == 1 and bad.stderr.strip() == "osma-router: error: --rate 'fast' is not a rate (e.g. 50/s)"
+    assert (
+        bad.returncode == 1
+        and bad.stderr.strip() == "osma-router: error: --rate 'fast' is not a rate (e.g. 50/s)"
+    )
 
 
 def test_choosing_no_target_or_two_is_a_one_line_error(redis, redis_server, tmp_path):

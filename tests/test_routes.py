@@ -123,9 +123,7 @@ def test_exact_on_does_not_match_by_prefix() -> None:
 
 
 def test_where_is_equality_on_data_object() -> None:
-    r = router(
-        '[[routes]]\non = "*"\nwhere = { template = "update_blood_pressure" }\nhandler = "a"'
-    )
+    r = router('[[routes]]\non = "*"\nwhere = { template = "update_blood_pressure" }\nhandler = "a"')
     assert matched(r, event("task.completed", {"template": "update_blood_pressure"})) == [0]
     assert matched(r, event("task.completed", {"template": "other"})) == []
     assert matched(r, event("task.completed", {})) == []
@@ -346,13 +344,10 @@ def test_unknown_top_level_table_is_refused() -> None:
     assert "rutes" in route_error('[[rutes]]\non = "*"\nhandler = "h"')
 
 
-def test_unknown_handler_names_the_file_and_route_number(
-    tmp_path: Path, registry: HandlerRegistry
-) -> None:
+def test_unknown_handler_names_the_file_and_route_number(tmp_path: Path, registry: HandlerRegistry) -> None:
     path = tmp_path / "osma-router.toml"
     path.write_text(
-        '[[routes]]\non = "*"\nhandler = "care.notify"\n'
-        '[[routes]]\non = "*"\nhandler = "care.nope"\n'
+        '[[routes]]\non = "*"\nhandler = "care.notify"\n[[routes]]\non = "*"\nhandler = "care.nope"\n'
     )
     with pytest.raises(ConfigError) as caught:
         load_config(path, registry)
@@ -382,9 +377,7 @@ def test_missing_on_without_handler_default_is_an_error(registry: HandlerRegistr
 
 
 def test_handler_params_dataclass_accepts_good_parameters(registry: HandlerRegistry) -> None:
-    route = config(
-        '[[routes]]\non = "*"\nhandler = "care.report"\nindicator_id = 456', registry
-    ).routes[0]
+    route = config('[[routes]]\non = "*"\nhandler = "care.report"\nindicator_id = 456', registry).routes[0]
     assert dict(route.params) == {"indicator_id": 456}
     assert registry.get("care.report").check_params(route.params) == ReportParams(indicator_id=456)
 

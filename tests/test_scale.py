@@ -63,12 +63,18 @@ def test_two_receivers_and_two_workers_act_as_one_service(tmp_path, redis, redis
         assert all(status in (200, 202) for _, status in results)
 
         expected = 2 * EVENTS
-        wait_for(lambda: len(handled(redis)) >= expected and _idle(redis), timeout=180, interval=0.2,
-                 what="the workers to run every job")
+        wait_for(
+            lambda: len(handled(redis)) >= expected and _idle(redis),
+            timeout=180,
+            interval=0.2,
+            what="the workers to run every job",
+        )
         time.sleep(0.5)  # anything extra would show now
         effects = Counter(handled(redis))
         assert len(effects) == expected and set(effects.values()) == {1}
-        assert set(effects) == {f"evt_scale_{n}|sample.record|{label}|1" for n in range(EVENTS) for label in "ab"}
+        assert set(effects) == {
+            f"evt_scale_{n}|sample.record|{label}|1" for n in range(EVENTS) for label in "ab"
+        }
         assert FailedJobRegistry("osma-router", connection=redis).count == 0
 
         # Each receiver counts what it answered; together they count every delivery once.
@@ -79,13 +85,17 @@ def test_two_receivers_and_two_workers_act_as_one_service(tmp_path, redis, redis
                     if sample.name == "osma_router_deliveries_total":
                         totals[sample.labels["outcome"]] += sample.value
         assert totals == {"accepted": EVENTS, "duplicate": len(deliveries) - EVENTS}
-        print(f"\n{len(deliveries)} deliveries to 2 receivers in {sending:.1f} s "
-              f"({len(deliveries) / sending:.0f}/s); {expected} effects, each once")
+        print(
+            f"\n{len(deliveries)} deliveries to 2 receivers in {sending:.1f} s "
+            f"({len(deliveries) / sending:.0f}/s); {expected} effects, each once"
+        )
     finally:
         codes = [process.stop() for process in [*receivers, *workers]]
     assert codes == [0, 0, 0, 0]
 
 
 def _idle(redis) -> bool:
-    return (redis.llen("rq:queue:osma-router") == 0
-            and StartedJobRegistry("osma-router", connection=redis).count == 0)
+    return (
+        redis.llen("rq:queue:osma-router") == 0
+        and StartedJobRegistry("osma-router", connection=redis).count == 0
+    )

@@ -44,14 +44,20 @@ def json_lines(text: str) -> list[dict]:
 
 def test_serve_speaks_https_with_the_given_certificate(tmp_path, redis, redis_server):
     cert, key = tls_files(tmp_path)
-    server = Server(env_for(redis_server.url), tmp_path, "--tls-cert", str(cert), "--tls-key", str(key),
-                    scheme="https")
+    server = Server(
+        env_for(redis_server.url), tmp_path, "--tls-cert", str(cert), "--tls-key", str(key), scheme="https"
+    )
     try:
         trusted = ssl.create_default_context(cafile=str(cert))
         server.wait_up(verify=trusted)
         body = make_event(event_id="evt_https")
-        answer = httpx.post(server.url + "/webhooks/osma", content=body, headers=signature_headers(body),
-                            verify=trusted, timeout=10)
+        answer = httpx.post(
+            server.url + "/webhooks/osma",
+            content=body,
+            headers=signature_headers(body),
+            verify=trusted,
+            timeout=10,
+        )
         assert answer.status_code == 202 and answer.json()["id"] == "evt_https"
         assert redis.exists(dedup_key("osma", "evt_https"))
         with pytest.raises(httpx.HTTPError):  # the certificate is checked: no trust, no talk
@@ -66,9 +72,24 @@ def test_serve_refuses_an_unusable_certificate_in_one_line(tmp_path, redis_serve
     cert, _ = tls_files(tmp_path)
     (tmp_path / "garbage.pem").write_text("not a key")
     result = subprocess.run(
-        [sys.executable, "-m", "receiver.cli", "serve", "--port", str(free_port()),
-         "--tls-cert", str(cert), "--tls-key", str(tmp_path / "garbage.pem")],
-        env=subprocess_env(env_for(redis_server.url)), cwd=tmp_path, check=False, capture_output=True, text=True, timeout=30,
+        [
+            sys.executable,
+            "-m",
+            "receiver.cli",
+            "serve",
+            "--port",
+            str(free_port()),
+            "--tls-cert",
+            str(cert),
+            "--tls-key",
+            str(tmp_path / "garbage.pem"),
+        ],
+        env=subprocess_env(env_for(redis_server.url)),
+        cwd=tmp_path,
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=30,
     )
     assert result.returncode == 1
     assert result.stderr.startswith("osma-router: error: --tls-cert") and "Traceback" not in result.stderr
@@ -93,8 +114,12 @@ def test_dev_https_serves_localhost_and_says_how_to_trust_it(tmp_path, redis, re
     port = free_port()
     dev = subprocess.Popen(
         [sys.executable, "-m", "receiver.cli", "dev", "--https", "--port", str(port)],
-        env=subprocess_env(env_for(redis_server.url)), cwd=tmp_path, stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL, text=True, start_new_session=True,
+        env=subprocess_env(env_for(redis_server.url)),
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        start_new_session=True,
     )
     try:
         lines = []
@@ -113,8 +138,12 @@ def test_dev_https_serves_localhost_and_says_how_to_trust_it(tmp_path, redis, re
         trusted = ssl.create_default_context(cafile=str(cert))
         wait_for(lambda: _healthy(f"https://localhost:{port}", trusted), what="dev over https")
         body = make_event(event_id="evt_dev_https")
-        sent = httpx.post(f"https://localhost:{port}/webhooks/osma", content=body,
-                          headers=signature_headers(body), verify=trusted)
+        sent = httpx.post(
+            f"https://localhost:{port}/webhooks/osma",
+            content=body,
+            headers=signature_headers(body),
+            verify=trusted,
+        )
         assert sent.status_code == 202
     finally:
         dev.send_signal(signal.SIGINT)
@@ -143,9 +172,15 @@ def test_forwarded_headers_count_only_from_trusted_proxies(tmp_path, redis, redi
     try:
         server.wait_up()
         body = make_event(event_id="evt_proxy")
-        answer = httpx.post(server.url + "/webhooks/osma", content=body,
-                            headers={**signature_headers(body, secret="whsec_wrong"),
-                                     "x-forwarded-for": "203.0.113.7", "x-forwarded-proto": "https"})
+        answer = httpx.post(
+            server.url + "/webhooks/osma",
+            content=body,
+            headers={
+                **signature_headers(body, secret="whsec_wrong"),
+                "x-forwarded-for": "203.0.113.7",
+                "x-forwarded-proto": "https",
+            },
+        )
         assert answer.status_code == 401
     finally:
         assert server.stop() == 0
@@ -157,7 +192,11 @@ def test_a_bad_trusted_proxy_entry_is_a_one_line_error(tmp_path, redis_server):
     result = subprocess.run(
         [sys.executable, "-m", "receiver.cli", "check-config"],
         env=subprocess_env(env_for(redis_server.url, OSMA_ROUTER_TRUSTED_PROXIES="10.0.0.0/8,caddy")),
-        cwd=tmp_path, check=False, capture_output=True, text=True, timeout=30,
+        cwd=tmp_path,
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=30,
     )
     assert result.returncode == 1
     assert "OSMA_ROUTER_TRUSTED_PROXIES" in result.stderr and "'caddy'" in result.stderr
@@ -167,7 +206,12 @@ def test_a_bad_trusted_proxy_entry_is_a_one_line_error(tmp_path, redis_server):
 @pytest.mark.parametrize(
     ("name", "value", "field", "expected"),
     [
-        ("TRUSTED_PROXIES", " 127.0.0.1, 10.0.0.0/8 ,::1", "trusted_proxies", ("127.0.0.1", "10.0.0.0/8", "::1")),
+        (
+            "TRUSTED_PROXIES",
+            " 127.0.0.1, 10.0.0.0/8 ,::1",
+            "trusted_proxies",
+            ("127.0.0.1", "10.0.0.0/8", "::1"),
+        ),
         ("TRUSTED_PROXIES", "*", "trusted_proxies", ("*",)),
         ("SHUTDOWN_GRACE", "2.5", "shutdown_grace", 2.5),
         ("LOG_LEVEL", "DEBUG", "log_level", "debug"),
@@ -180,8 +224,12 @@ def test_operations_settings(name, value, field, expected):
 
 @pytest.mark.parametrize(
     ("name", "value"),
-    [("TRUSTED_PROXIES", "10.0.0.0/33"), ("SHUTDOWN_GRACE", "0"), ("SHUTDOWN_GRACE", "soon"),
-     ("LOG_LEVEL", "loud")],
+    [
+        ("TRUSTED_PROXIES", "10.0.0.0/33"),
+        ("SHUTDOWN_GRACE", "0"),
+        ("SHUTDOWN_GRACE", "soon"),
+        ("LOG_LEVEL", "loud"),
+    ],
 )
 def test_bad_operations_settings_name_the_variable(name, value):
     with pytest.raises(ConfigError, match=f"OSMA_ROUTER_{name}"):
@@ -193,15 +241,18 @@ def test_bad_operations_settings_name_the_variable(name, value):
 
 def test_metrics_add_up_across_uvicorn_workers(tmp_path, redis, redis_server):
     metrics_dir = tmp_path / "metrics"
-    server = Server(env_for(redis_server.url, PROMETHEUS_MULTIPROC_DIR=str(metrics_dir)), tmp_path,
-                    "--workers", "2")
+    server = Server(
+        env_for(redis_server.url, PROMETHEUS_MULTIPROC_DIR=str(metrics_dir)), tmp_path, "--workers", "2"
+    )
     total = 240
     try:
         server.wait_up()
         from concurrent.futures import ThreadPoolExecutor
 
         # A fresh connection for each request, so both processes take their share.
-        client = httpx.Client(base_url=server.url, timeout=10, limits=httpx.Limits(max_keepalive_connections=0))
+        client = httpx.Client(
+            base_url=server.url, timeout=10, limits=httpx.Limits(max_keepalive_connections=0)
+        )
 
         def post(number: int) -> int:
             body = make_event(event_id=f"evt_mp_{number}")
@@ -215,7 +266,10 @@ def test_metrics_add_up_across_uvicorn_workers(tmp_path, redis, redis_server):
         assert len([count for count in per_process.values() if count]) == 2, per_process
         for _ in range(10):  # whichever process answers, it reports the whole service
             text = httpx.get(server.url + "/metrics", timeout=5).text
-            assert f'osma_router_deliveries_total{{outcome="accepted",reason="",source="osma"}} {total}.0' in text
+            assert (
+                f'osma_router_deliveries_total{{outcome="accepted",reason="",source="osma"}} {total}.0'
+                in text
+            )
             assert f'osma_router_delivery_duration_seconds_count{{source="osma"}} {total}.0' in text
     finally:
         assert server.stop() == 0
@@ -226,7 +280,10 @@ def _accepted_per_file(directory: Path) -> dict[str, float]:
     for path in directory.glob("counter_*.db"):
         for metric in MultiProcessCollector.merge([str(path)]):
             for sample in metric.samples:
-                if sample.name == "osma_router_deliveries_total" and sample.labels.get("outcome") == "accepted":
+                if (
+                    sample.name == "osma_router_deliveries_total"
+                    and sample.labels.get("outcome") == "accepted"
+                ):
                     counts[path.name] = counts.get(path.name, 0) + sample.value
     return counts
 
@@ -239,8 +296,10 @@ def test_receiver_finishes_in_flight_requests_and_stops_accepting_on_sigterm(tmp
     server.wait_up()
     body = make_event(event_id="evt_inflight")
     headers = signature_headers(body)
-    head = (f"POST /webhooks/osma HTTP/1.1\r\nhost: 127.0.0.1\r\ncontent-type: application/json\r\n"
-            f"osma-signature: {headers['osma-signature']}\r\ncontent-length: {len(body)}\r\n\r\n").encode()
+    head = (
+        f"POST /webhooks/osma HTTP/1.1\r\nhost: 127.0.0.1\r\ncontent-type: application/json\r\n"
+        f"osma-signature: {headers['osma-signature']}\r\ncontent-length: {len(body)}\r\n\r\n"
+    ).encode()
     half = len(body) // 2
     client = socket.create_connection(("127.0.0.1", server.port), timeout=10)
     try:
@@ -300,8 +359,9 @@ def test_worker_finishes_its_current_job_on_sigterm_and_takes_no_other(
     redis.set("test:hold", "1")
     assert receiver.post(make_event(event_id="evt_current")).status_code == 202
     assert receiver.post(make_event(event_id="evt_next")).status_code == 202
-    worker = Process(["worker"], env_for(receiver.settings.redis_url, receiver.settings.config_path),
-                     tmp_path, "worker")
+    worker = Process(
+        ["worker"], env_for(receiver.settings.redis_url, receiver.settings.config_path), tmp_path, "worker"
+    )
     try:
         wait_for(lambda: redis.llen("test:started"), what="the job to start")
         worker.signal(signal.SIGTERM)
@@ -344,8 +404,10 @@ def test_worker_requeues_a_job_it_cannot_finish(tmp_path, redis, start_receiver,
     assert _job_counts(redis) == {"ops.hold|requeued": 1}
     assert handled(redis) == []
     lines = json_lines(worker.stderr())
-    assert any(line["msg"] == "job interrupted by shutdown and requeued" and line["event_id"] == "evt_long"
-               for line in lines)
+    assert any(
+        line["msg"] == "job interrupted by shutdown and requeued" and line["event_id"] == "evt_long"
+        for line in lines
+    )
     # The next worker runs it, and the effect happens once.
     redis.delete("test:hold")
     receiver.drain()

@@ -166,9 +166,7 @@ def test_error_for_a_bad_value_does_not_echo_secrets() -> None:
 # --- dedup window -------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(
-    "value, expected", [("1", 1.0), ("0.5", 0.5), ("259200", 259_200.0), (" 10 ", 10.0)]
-)
+@pytest.mark.parametrize("value, expected", [("1", 1.0), ("0.5", 0.5), ("259200", 259_200.0), (" 10 ", 10.0)])
 def test_dedup_ttl_accepts_any_positive_number(value: str, expected: float) -> None:
     assert load({"OSMA_ROUTER_DEDUP_TTL": value}).dedup_ttl == expected
 
@@ -178,9 +176,7 @@ def test_signature_tolerance_accepts_whole_seconds(value: str, expected: int) ->
     assert load({"OSMA_ROUTER_SIGNATURE_TOLERANCE": value}).signature_tolerance == expected
 
 
-@pytest.mark.parametrize(
-    "url", ["redis://localhost:6379/0", "rediss://h:6380/1", "unix:///tmp/redis.sock"]
-)
+@pytest.mark.parametrize("url", ["redis://localhost:6379/0", "rediss://h:6380/1", "unix:///tmp/redis.sock"])
 def test_redis_url_schemes_accepted(url: str) -> None:
     assert load({"OSMA_ROUTER_REDIS_URL": url}).redis_url == url
 
@@ -237,9 +233,7 @@ def test_settings_repr_masks_the_redis_password() -> None:
 
 def test_env_file_is_read_when_present(tmp_path: Path) -> None:
     env_file = tmp_path / ".env"
-    env_file.write_text(
-        "OSMA_ROUTER_WEBHOOK_SECRETS=whsec_from_file\nOSMA_ROUTER_SIGNATURE_TOLERANCE=120\n"
-    )
+    env_file.write_text("OSMA_ROUTER_WEBHOOK_SECRETS=whsec_from_file\nOSMA_ROUTER_SIGNATURE_TOLERANCE=120\n")
     settings = load({}, env_file=env_file)
     assert [s.reveal() for s in settings.webhook_secrets] == ["whsec_from_file"]
     assert settings.signature_tolerance == 120
@@ -261,9 +255,7 @@ def test_process_environment_wins_over_default_env_file(
     for name in list(os.environ):
         if name.startswith("OSMA_ROUTER_"):
             monkeypatch.delenv(name)
-    (clean_cwd / ".env").write_text(
-        "OSMA_ROUTER_SIGNATURE_TOLERANCE=120\nOSMA_ROUTER_DEDUP_TTL=60\n"
-    )
+    (clean_cwd / ".env").write_text("OSMA_ROUTER_SIGNATURE_TOLERANCE=120\nOSMA_ROUTER_DEDUP_TTL=60\n")
     monkeypatch.setenv("OSMA_ROUTER_DEDUP_TTL", "7")
     settings = Settings.from_env()
     assert settings.signature_tolerance == 120

@@ -28,9 +28,7 @@ bounded = settings(max_examples=250, deadline=None)
 
 def hmac_hex(secret: str, timestamp: int | str, body: bytes) -> str:
     """The signature computed independently of the code under test."""
-    return hmac.new(
-        secret.encode("utf-8"), f"{timestamp}.".encode() + body, hashlib.sha256
-    ).hexdigest()
+    return hmac.new(secret.encode("utf-8"), f"{timestamp}.".encode() + body, hashlib.sha256).hexdigest()
 
 
 def verifier(*secrets: str, tolerance: int = 300) -> SignatureVerifier:
@@ -255,15 +253,10 @@ timestamps = st.integers(min_value=0, max_value=10**11)
     timestamp=timestamps,
     skew=st.integers(min_value=-300, max_value=300),
 )
-def test_property_sign_then_verify_succeeds(
-    body: bytes, secret: str, timestamp: int, skew: int
-) -> None:
+def test_property_sign_then_verify_succeeds(body: bytes, secret: str, timestamp: int, skew: int) -> None:
     header = sign(body, secret, timestamp)
     assert verifier(secret).verify(body, header, now=timestamp + skew) == timestamp
-    assert (
-        verifier("another secret " + secret, secret).verify(body, header, now=timestamp)
-        == timestamp
-    )
+    assert verifier("another secret " + secret, secret).verify(body, header, now=timestamp) == timestamp
 
 
 header_pieces = st.sampled_from(
@@ -316,9 +309,7 @@ def test_property_arbitrary_headers_only_ever_raise_verification_error(
 
 @bounded
 @given(body=st.binary(min_size=1, max_size=1024), data=st.data())
-def test_property_flipping_any_body_byte_breaks_the_signature(
-    body: bytes, data: st.DataObject
-) -> None:
+def test_property_flipping_any_body_byte_breaks_the_signature(body: bytes, data: st.DataObject) -> None:
     header = sign(body, SECRET, NOW)
     position = data.draw(st.integers(min_value=0, max_value=len(body) - 1))
     mask = data.draw(st.integers(min_value=1, max_value=255))

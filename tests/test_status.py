@@ -20,8 +20,15 @@ ROUTES = (
 
 
 def run(args: list[str], env: dict[str, str], cwd, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "receiver.cli", *args], env=subprocess_env(env), cwd=cwd,
-                          check=False, capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "receiver.cli", *args],
+        env=subprocess_env(env),
+        cwd=cwd,
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def test_status_shows_queues_failed_jobs_workers_dedup_and_capture(tmp_path, redis, start_receiver):
@@ -37,16 +44,29 @@ def test_status_shows_queues_failed_jobs_workers_dedup_and_capture(tmp_path, red
         result = run(["status"], env, tmp_path)
         assert result.returncode == 0, result.stderr
         lines = result.stdout.splitlines()
-        table = {line.split()[0]: line.split()[1:] for line in lines if line.startswith(("osma-router", "slow-lane"))}
-        assert table["osma-router"] == ["1", "0", "0", "0", "0"]  # queued, running, scheduled, failed, deferred
+        table = {
+            line.split()[0]: line.split()[1:]
+            for line in lines
+            if line.startswith(("osma-router", "slow-lane"))
+        }
+        assert table["osma-router"] == [
+            "1",
+            "0",
+            "0",
+            "0",
+            "0",
+        ]  # queued, running, scheduled, failed, deferred
         assert table["slow-lane"] == ["1", "0", "0", "2", "0"]
         assert "workers  1 alive" in result.stdout and "w-status-1" in result.stdout
         assert "3 event id(s) remembered (osma 3)" in result.stdout
         assert "capture  off, 0 delivery(ies) kept" in result.stdout
 
         as_json = json.loads(run(["status", "--json"], env, tmp_path).stdout)
-        assert as_json["dedup"] == {"by_source": {"osma": 3}, "complete": True,
-                                    "scanned_in": as_json["dedup"]["scanned_in"]}
+        assert as_json["dedup"] == {
+            "by_source": {"osma": 3},
+            "complete": True,
+            "scanned_in": as_json["dedup"]["scanned_in"],
+        }
         slow = next(q for q in as_json["queues"] if q["name"] == "slow-lane")
         assert slow["queued"] == 1 and slow["registries"]["failed"] == 2
         assert [w["name"] for w in as_json["workers"]] == ["w-status-1"]
@@ -82,7 +102,9 @@ def test_healthcheck_probes_the_receiver(tmp_path, start_receiver):
     assert ok.returncode == 0, ok.stderr
     ready = run(["healthcheck", "--url", receiver.url + "/readyz"], {}, tmp_path)
     assert ready.returncode == 0
-    down = run(["healthcheck", "--url", f"http://127.0.0.1:{free_port()}/healthz", "--timeout", "1"], {}, tmp_path)
+    down = run(
+        ["healthcheck", "--url", f"http://127.0.0.1:{free_port()}/healthz", "--timeout", "1"], {}, tmp_path
+    )
     assert down.returncode == 1 and down.stderr.startswith("osma-router: error: unhealthy:")
 
 

@@ -41,7 +41,8 @@ backoff = [0]
 
 def upstream_env(redis_url: str, routes: Path, fake_osma, fake_ogsm, **extra: str) -> dict[str, str]:
     return env_for(
-        redis_url, routes,
+        redis_url,
+        routes,
         OSMA_ROUTER_OSMA_API_KEY=TEST_KEY,
         OSMA_ROUTER_OSMA_BASE_URL=fake_osma.url,
         OSMA_ROUTER_OGSM_BASE_URL=fake_ogsm.base_url,
@@ -51,9 +52,18 @@ def upstream_env(redis_url: str, routes: Path, fake_osma, fake_ogsm, **extra: st
     )
 
 
-def cli(args: list[str], env: dict[str, str], cwd: Path, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "receiver.cli", *args], env=subprocess_env(env), cwd=cwd,
-                          capture_output=True, text=True, timeout=timeout, check=False)
+def cli(
+    args: list[str], env: dict[str, str], cwd: Path, timeout: float = 120
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "receiver.cli", *args],
+        env=subprocess_env(env),
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
 
 
 def spawn(args: list[str], env: dict[str, str], cwd: Path) -> subprocess.Popen[str]:
@@ -61,8 +71,14 @@ def spawn(args: list[str], env: dict[str, str], cwd: Path) -> subprocess.Popen[s
     reads would fill up and block the process)."""
     path = cwd / f"{args[0]}-{time.monotonic_ns()}.log"
     with path.open("w") as log:
-        process = subprocess.Popen([sys.executable, "-m", "receiver.cli", *args], env=subprocess_env(env),
-                                   cwd=cwd, stdout=subprocess.DEVNULL, stderr=log, text=True)
+        process = subprocess.Popen(
+            [sys.executable, "-m", "receiver.cli", *args],
+            env=subprocess_env(env),
+            cwd=cwd,
+            stdout=subprocess.DEVNULL,
+            stderr=log,
+            text=True,
+        )
     process.log_path = path  # type: ignore[attr-defined]
     return process
 
@@ -127,8 +143,15 @@ def completion(task_id: str, created_at: str, *, event_id: str | None = None, **
         "type": "task.completed",
         "created_at": created_at,
         "live_mode": False,
-        "data": {"object": {"id": task_id, "object": "task", "template": "update_blood_pressure",
-                            "status": "completed", **fields}},
+        "data": {
+            "object": {
+                "id": task_id,
+                "object": "task",
+                "template": "update_blood_pressure",
+                "status": "completed",
+                **fields,
+            }
+        },
     }
 
 
@@ -150,15 +173,20 @@ def test_a_signed_completion_becomes_exactly_the_expected_indicator_report(servi
     assert post.headers["content-type"] == "application/json"
     credentials = base64.b64encode(f"{fake_ogsm.username}:{fake_ogsm.password}".encode()).decode()
     assert post.headers["authorization"] == f"Basic {credentials}"
-    assert post.json == {"indicator_report": {"indicator": {"id": 456}, "at": "2026-11-01", "current_value": 1}}
+    assert post.json == {
+        "indicator_report": {"indicator": {"id": 456}, "at": "2026-11-01", "current_value": 1}
+    }
     assert post.status == 201
 
     service.send(completion("task_b", "2026-11-05T08:00:00+00:00"))
     service.send(completion("task_c", "2026-11-29T18:00:00+00:00"))
     service.burst()
     reports = fake_ogsm.indicator_reports(456)
-    assert [(r["at"], r["current_value"]) for r in reports] == [("2026-11-01", 1), ("2026-11-01", 2),
-                                                                 ("2026-11-01", 3)]
+    assert [(r["at"], r["current_value"]) for r in reports] == [
+        ("2026-11-01", 1),
+        ("2026-11-01", 2),
+        ("2026-11-01", 3),
+    ]
     assert len(fake_ogsm.requests_to("POST")) == 3
 
 
@@ -235,7 +263,8 @@ backoff = [1]
 
 @pytest.mark.slow
 def test_a_worker_killed_mid_stream_loses_nothing_and_duplicates_nothing(
-        redis, redis_server, fake_osma, fake_ogsm, tmp_path):
+    redis, redis_server, fake_osma, fake_ogsm, tmp_path
+):
     count = 200
     routes = tmp_path / "osma-router.toml"
     routes.write_text(KILL_ROUTES)
@@ -252,9 +281,15 @@ def test_a_worker_killed_mid_stream_loses_nothing_and_duplicates_nothing(
         for i in range(count):
             moment = (start + timedelta(days=i)).isoformat()
             task = fake_osma.add_task(template="follow_up", description=f"Follow-up call {i:03d}")
-            service.send({"id": f"evt_kill_{i:03d}", "object": "event", "type": "task.created",
-                          "created_at": moment, "data": {"object": {**task, "updated_at": moment,
-                                                                    "data": {"score": i}}}})
+            service.send(
+                {
+                    "id": f"evt_kill_{i:03d}",
+                    "object": "event",
+                    "type": "task.created",
+                    "created_at": moment,
+                    "data": {"object": {**task, "updated_at": moment, "data": {"score": i}}},
+                }
+            )
             expected_reports.add((moment[:10], i))
             expected_titles.add(f"Follow-up call {i:03d}")
 
@@ -272,9 +307,13 @@ def test_a_worker_killed_mid_stream_loses_nothing_and_duplicates_nothing(
         deadline = time.monotonic() + 90
         started = StartedJobRegistry(QUEUE, connection=redis, serializer=JSONSerializer)
         while True:
-            settled = (redis.llen(f"rq:queue:{QUEUE}") == 0 and started.count == 0
-                       and len(fake_ogsm.indicator_reports()) >= count and len(fake_ogsm.actions()) >= count
-                       and sum(1 for t in fake_osma.tasks() if t["metadata"]) >= count)
+            settled = (
+                redis.llen(f"rq:queue:{QUEUE}") == 0
+                and started.count == 0
+                and len(fake_ogsm.indicator_reports()) >= count
+                and len(fake_ogsm.actions()) >= count
+                and sum(1 for t in fake_osma.tasks() if t["metadata"]) >= count
+            )
             if settled:
                 break
             assert time.monotonic() < deadline, f"the restarted worker did not finish: {log_of(worker)}"
@@ -305,8 +344,9 @@ metadata = { synced_by = "osma-router" }
 """
 
 
-def test_four_workers_share_the_test_mode_rate_limit(redis, redis_server, fake_osma, fake_ogsm, tmp_path,
-                                                     start_receiver):
+def test_four_workers_share_the_test_mode_rate_limit(
+    redis, redis_server, fake_osma, fake_ogsm, tmp_path, start_receiver
+):
     count = 100
     routes = tmp_path / "rate.toml"
     routes.write_text(RATE_ROUTES)

@@ -31,8 +31,9 @@ def test_indicator_report_is_posted_as_documented(ogsm, fake_ogsm):
     assert request.headers["content-type"] == "application/json"
     expected = base64.b64encode(f"{fake_ogsm.username}:{fake_ogsm.password}".encode()).decode()
     assert request.headers["authorization"] == f"Basic {expected}"
-    assert request.json == {"indicator_report": {"indicator": {"id": 456}, "at": "2024-10-01",
-                                                 "current_value": 45.6}}
+    assert request.json == {
+        "indicator_report": {"indicator": {"id": 456}, "at": "2024-10-01", "current_value": 45.6}
+    }
 
 
 def test_goal_report_and_filtered_listing(ogsm, fake_ogsm):
@@ -55,13 +56,16 @@ def test_reads_of_every_resource(ogsm, fake_ogsm):
     assert [s["id"] for s in ogsm.strategies.list()] == [7]
     assert [i["id"] for i in ogsm.indicators.list()] == [456]
     assert ogsm.goals.list() == [] and ogsm.actions.list() == []
-    assert {r.path for r in fake_ogsm.requests} == {f"/api/v2/{n}.json" for n in (
-        "objectives", "strategies", "indicators", "goals", "actions")}
+    assert {r.path for r in fake_ogsm.requests} == {
+        f"/api/v2/{n}.json" for n in ("objectives", "strategies", "indicators", "goals", "actions")
+    }
 
 
 def test_actions_create_update_delete(ogsm, fake_ogsm):
     fake_ogsm.add_strategy(id=7)
-    action = ogsm.actions.create({"title": "Call Daisy", "strategies": [{"id": 7}], "labels": [{"name": "osma"}]})
+    action = ogsm.actions.create(
+        {"title": "Call Daisy", "strategies": [{"id": 7}], "labels": [{"name": "osma"}]}
+    )
     updated = ogsm.actions.update(action["id"], {"progress": 100, "status": {"name": "done"}})
     assert updated["progress"] == 100 and updated["title"] == "Call Daisy"
     assert ogsm.actions.delete(action["id"])["id"] == action["id"]
@@ -74,7 +78,10 @@ def test_actions_create_update_delete(ogsm, fake_ogsm):
 
 
 def test_bad_credentials_and_bad_shapes_are_rejected(fake_ogsm, ogsm):
-    with OgsmClient(fake_ogsm.base_url, fake_ogsm.username, "wrong") as client, pytest.raises(Rejected) as caught:
+    with (
+        OgsmClient(fake_ogsm.base_url, fake_ogsm.username, "wrong") as client,
+        pytest.raises(Rejected) as caught,
+    ):
         client.goals.list()
     assert caught.value.status_code == 401
     with pytest.raises(Rejected) as caught:
@@ -85,8 +92,16 @@ def test_bad_credentials_and_bad_shapes_are_rejected(fake_ogsm, ogsm):
     assert caught.value.status_code == 404
 
 
-@pytest.mark.parametrize(("at", "value"), [("2024-1-1", 1), ("yesterday", 1), ("2024-01-01", True),
-                                           ("2024-01-01", float("nan")), ("2024-01-01", "3")])
+@pytest.mark.parametrize(
+    ("at", "value"),
+    [
+        ("2024-1-1", 1),
+        ("yesterday", 1),
+        ("2024-01-01", True),
+        ("2024-01-01", float("nan")),
+        ("2024-01-01", "3"),
+    ],
+)
 def test_bad_measurements_are_refused_before_sending(ogsm, fake_ogsm, at, value):
     with pytest.raises(InvalidRequest):
         ogsm.indicator_reports.create(456, at, value)
@@ -100,10 +115,19 @@ def test_the_fake_refuses_what_ogsm_would(fake_ogsm):
     auth = (fake_ogsm.username, fake_ogsm.password)
     url = f"{fake_ogsm.base_url}/indicator_reports.json"
     body = {"indicator_report": {"indicator": {"id": 456}, "at": "2024-01-01", "current_value": 1}}
-    assert httpx.post(url, auth=auth, content=str(body).encode(),
-                      headers={"content-type": "text/plain"}).status_code == 415
+    assert (
+        httpx.post(
+            url, auth=auth, content=str(body).encode(), headers={"content-type": "text/plain"}
+        ).status_code
+        == 415
+    )
     assert httpx.post(url, auth=auth, json={"indicator": {"id": 456}}).status_code == 422
-    assert httpx.post(url, auth=auth, json={"indicator_report": {**body["indicator_report"], "x": 1}}).status_code == 422
+    assert (
+        httpx.post(
+            url, auth=auth, json={"indicator_report": {**body["indicator_report"], "x": 1}}
+        ).status_code
+        == 422
+    )
     assert httpx.post(url, auth=auth, json=body).status_code == 201
 
 

@@ -90,7 +90,10 @@ def test_iterate_walks_every_page_and_list_gives_one(osma, fake_osma):
     assert [t["id"] for t in osma.tasks.iterate()] == made
     assert len(fake_osma.requests_to("GET", "/tasks")) == 3
     assert [r.query.get("starting_after") for r in fake_osma.requests_to("GET", "/tasks")] == [
-        None, made[99], made[199]]
+        None,
+        made[99],
+        made[199],
+    ]
     page = osma.tasks.list(limit=3, starting_after=made[0])
     assert page["has_next"] is True and [t["id"] for t in page["data"]] == made[1:4]
     assert [t["id"] for t in osma.tasks.iterate(limit=7, starting_after=made[240])] == made[241:]
@@ -102,8 +105,9 @@ def test_iterate_backwards_with_ending_before(osma, fake_osma):
     assert sorted(seen) == sorted(made[:11])
 
 
-@pytest.mark.parametrize("kwargs", [{"limit": 0}, {"limit": 101}, {"limit": True},
-                                    {"starting_after": "a", "ending_before": "b"}])
+@pytest.mark.parametrize(
+    "kwargs", [{"limit": 0}, {"limit": 101}, {"limit": True}, {"starting_after": "a", "ending_before": "b"}]
+)
 def test_bad_pagination_is_refused_before_sending(osma, fake_osma, kwargs):
     with pytest.raises(InvalidRequest):
         osma.tasks.list(**kwargs)
@@ -147,7 +151,10 @@ def test_a_refused_connection_and_a_timeout_are_unavailable(fake_osma):
     with OsmaClient(TEST_KEY, f"http://127.0.0.1:{free_port()}") as client, pytest.raises(Unavailable):
         client.tasks.list()
     fake_osma.slow(1.0)
-    with OsmaClient(TEST_KEY, fake_osma.url, timeout=0.2) as client, pytest.raises(Unavailable, match="timed out"):
+    with (
+        OsmaClient(TEST_KEY, fake_osma.url, timeout=0.2) as client,
+        pytest.raises(Unavailable, match="timed out"),
+    ):
         client.tasks.list()
 
 
@@ -170,7 +177,9 @@ def test_a_long_429_is_raised_with_its_delay(fake_osma):
     assert len(fake_osma.requests) == 1
 
 
-@pytest.mark.parametrize(("header", "expected"), [("3", 3.0), ("0.5", 0.5), (None, 1.0), ("soon", 1.0), ("-4", 0.0)])
+@pytest.mark.parametrize(
+    ("header", "expected"), [("3", 3.0), ("0.5", 0.5), (None, 1.0), ("soon", 1.0), ("-4", 0.0)]
+)
 def test_retry_after_in_seconds(header, expected):
     assert retry_after_seconds(header) == expected
 
@@ -216,5 +225,8 @@ def test_logs_carry_the_request_id_and_no_payload(osma, fake_osma, caplog):
 
 def test_a_non_json_success_is_unavailable():
     transport = httpx.MockTransport(lambda request: httpx.Response(200, text="<html>proxy page</html>"))
-    with OsmaClient(TEST_KEY, "http://osma.invalid", transport=transport) as client, pytest.raises(Unavailable):
+    with (
+        OsmaClient(TEST_KEY, "http://osma.invalid", transport=transport) as client,
+        pytest.raises(Unavailable),
+    ):
         client.tasks.list()

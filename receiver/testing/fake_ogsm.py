@@ -33,8 +33,21 @@ USERNAME = "osma-router"
 PASSWORD = "fake-ogsm-password"
 PREFIX = "/api/v2"
 REPORT_FIELDS = {"at", "current_value", "target_value", "traffic_light", "show_in_ogsm", "description"}
-ACTION_FIELDS = {"title", "labels", "strategies", "description", "assignee", "involved", "start", "due",
-                 "status", "ogsm_canvases", "traffic_light", "progress", "archived"}
+ACTION_FIELDS = {
+    "title",
+    "labels",
+    "strategies",
+    "description",
+    "assignee",
+    "involved",
+    "start",
+    "due",
+    "status",
+    "ogsm_canvases",
+    "traffic_light",
+    "progress",
+    "archived",
+}
 
 
 class Unprocessable(Exception):
@@ -65,12 +78,17 @@ class FakeOgsm(FakeService):
         return self.url + PREFIX
 
     def routes(self) -> list[Route]:
-        routes = [self.route(f"/{name}.json", GET=self._lister(name))
-                  for name in ("objectives", "goals", "strategies", "indicators")]
+        routes = [
+            self.route(f"/{name}.json", GET=self._lister(name))
+            for name in ("objectives", "goals", "strategies", "indicators")
+        ]
         return routes + [
             self.route("/goal_reports.json", GET=self._lister("goal_reports"), POST=self._reporter("goal")),
-            self.route("/indicator_reports.json", GET=self._lister("indicator_reports"),
-                        POST=self._reporter("indicator")),
+            self.route(
+                "/indicator_reports.json",
+                GET=self._lister("indicator_reports"),
+                POST=self._reporter("indicator"),
+            ),
             self.route("/actions.json", GET=self._lister("actions"), POST=self._create_action),
             self.route("/actions/{id}.json", PATCH=self._update_action, DELETE=self._delete_action),
         ]
@@ -81,21 +99,44 @@ class FakeOgsm(FakeService):
         return self._seed("objectives", {"title": "Objective", "labels": [], "archived": False}, fields)
 
     def add_goal(self, **fields: Any) -> dict[str, Any]:
-        return self._seed("goals", {"title": "Goal", "labels": [], "target_unit": None, "archived": False,
-                                    "aggregation_method": "sum", "chart_type": "line"}, fields)
+        return self._seed(
+            "goals",
+            {
+                "title": "Goal",
+                "labels": [],
+                "target_unit": None,
+                "archived": False,
+                "aggregation_method": "sum",
+                "chart_type": "line",
+            },
+            fields,
+        )
 
     def add_strategy(self, **fields: Any) -> dict[str, Any]:
         return self._seed("strategies", {"title": "Strategy", "labels": [], "archived": False}, fields)
 
     def add_indicator(self, **fields: Any) -> dict[str, Any]:
-        return self._seed("indicators", {"title": "KPI", "labels": [], "strategies": [], "target_unit": None,
-                                         "archived": False, "aggregation_method": "sum",
-                                         "chart_type": "line"}, fields)
+        return self._seed(
+            "indicators",
+            {
+                "title": "KPI",
+                "labels": [],
+                "strategies": [],
+                "target_unit": None,
+                "archived": False,
+                "aggregation_method": "sum",
+                "chart_type": "line",
+            },
+            fields,
+        )
 
     def indicator_reports(self, indicator_id: int | None = None) -> list[dict[str, Any]]:
         """KPI measurements in the order they were made (of one KPI, with `indicator_id`)."""
-        return [r for r in self._all("indicator_reports")
-                if indicator_id is None or r["indicator"]["id"] == indicator_id]
+        return [
+            r
+            for r in self._all("indicator_reports")
+            if indicator_id is None or r["indicator"]["id"] == indicator_id
+        ]
 
     def goal_reports(self, goal_id: int | None = None) -> list[dict[str, Any]]:
         return [r for r in self._all("goal_reports") if goal_id is None or r["goal"]["id"] == goal_id]
@@ -120,8 +161,9 @@ class FakeOgsm(FakeService):
     def answer(self, seen: Seen, path: str, path_params: dict[str, str], operation: Operation) -> Response:
         headers = {"x-request-id": self.next_request_id()}
         if not self._authorized(seen.headers.get("authorization", "")):
-            return json_response({"error": "unauthorized"}, 401,
-                                 {**headers, "www-authenticate": 'Basic realm="OGSM API"'})
+            return json_response(
+                {"error": "unauthorized"}, 401, {**headers, "www-authenticate": 'Basic realm="OGSM API"'}
+            )
         if seen.method in ("POST", "PATCH"):
             content_type = seen.headers.get("content-type", "").split(";")[0].strip().lower()
             if content_type != "application/json":
@@ -172,11 +214,11 @@ class FakeOgsm(FakeService):
             body = _json_object(seen.body)
             wrapper = f"{target}_report"
             if set(body) != {wrapper} or not isinstance(body[wrapper], dict):
-                raise Unprocessable(wrapper, f"the body must be {{\"{wrapper}\": {{...}}}}")
+                raise Unprocessable(wrapper, f'the body must be {{"{wrapper}": {{...}}}}')
             report = dict(body[wrapper])
             ref = report.pop(target, None)
             if not isinstance(ref, dict) or set(ref) != {"id"} or not _is_int(ref["id"]):
-                raise Unprocessable(target, f"{target} must be {{\"id\": <integer>}}")
+                raise Unprocessable(target, f'{target} must be {{"id": <integer>}}')
             if ref["id"] not in self._bucket(f"{target}s"):
                 raise Unprocessable(target, f"{target} {ref['id']} does not exist")
             unknown = sorted(set(report) - REPORT_FIELDS)
@@ -186,8 +228,15 @@ class FakeOgsm(FakeService):
             value = report.get("current_value")
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
                 raise Unprocessable("current_value", "must be a number")
-            created = {"id": next(self._ids), target: {"id": ref["id"]}, "target_value": None,
-                       "traffic_light": None, "show_in_ogsm": False, "description": None, **report}
+            created = {
+                "id": next(self._ids),
+                target: {"id": ref["id"]},
+                "target_value": None,
+                "traffic_light": None,
+                "show_in_ogsm": False,
+                "description": None,
+                **report,
+            }
             self._bucket(f"{target}_reports")[created["id"]] = created
             return 201, copy.deepcopy(created)
 
@@ -202,24 +251,31 @@ class FakeOgsm(FakeService):
         if unknown:
             raise Unprocessable(unknown[0], "unknown attribute")
         if (creating or "title" in fields) and (
-                not isinstance(fields.get("title"), str) or not fields["title"].strip()):
+            not isinstance(fields.get("title"), str) or not fields["title"].strip()
+        ):
             raise Unprocessable("title", "can't be blank")
         for name in ("strategies", "ogsm_canvases"):
             refs = fields.get(name, [])
-            if not isinstance(refs, list) or not all(isinstance(r, dict) and _is_int(r.get("id")) for r in refs):
-                raise Unprocessable(name, "must be a list of {\"id\": <integer>}")
+            if not isinstance(refs, list) or not all(
+                isinstance(r, dict) and _is_int(r.get("id")) for r in refs
+            ):
+                raise Unprocessable(name, 'must be a list of {"id": <integer>}')
         for ref in fields.get("strategies", []):
             if ref["id"] not in self._bucket("strategies"):
                 raise Unprocessable("strategies", f"strategy {ref['id']} does not exist")
         for name in ("labels", "involved"):
             named = fields.get(name, [])
-            if not isinstance(named, list) or not all(isinstance(n, dict) and isinstance(n.get("name"), str)
-                                                      for n in named):
-                raise Unprocessable(name, "must be a list of {\"name\": <string>}")
+            if not isinstance(named, list) or not all(
+                isinstance(n, dict) and isinstance(n.get("name"), str) for n in named
+            ):
+                raise Unprocessable(name, 'must be a list of {"name": <string>}')
         for name in ("status", "assignee"):
-            if name in fields and fields[name] is not None and not (
-                    isinstance(fields[name], dict) and isinstance(fields[name].get("name"), str)):
-                raise Unprocessable(name, "must be {\"name\": <string>}")
+            if (
+                name in fields
+                and fields[name] is not None
+                and not (isinstance(fields[name], dict) and isinstance(fields[name].get("name"), str))
+            ):
+                raise Unprocessable(name, 'must be {"name": <string>}')
         if "progress" in fields and not (_is_int(fields["progress"]) and 0 <= fields["progress"] <= 100):
             raise Unprocessable("progress", "must be a whole number from 0 to 100")
         if "archived" in fields and not isinstance(fields["archived"], bool):
@@ -230,9 +286,22 @@ class FakeOgsm(FakeService):
 
     def _create_action(self, seen: Seen, path: dict[str, str]) -> tuple[int, Any]:
         fields = self._action_fields(seen, creating=True)
-        created = {"id": next(self._ids), "labels": [], "strategies": [], "description": None, "assignee": None,
-                   "involved": [], "start": None, "due": None, "status": None, "ogsm_canvases": [],
-                   "traffic_light": None, "progress": 0, "archived": False, **fields}
+        created = {
+            "id": next(self._ids),
+            "labels": [],
+            "strategies": [],
+            "description": None,
+            "assignee": None,
+            "involved": [],
+            "start": None,
+            "due": None,
+            "status": None,
+            "ogsm_canvases": [],
+            "traffic_light": None,
+            "progress": 0,
+            "archived": False,
+            **fields,
+        }
         self._bucket("actions")[created["id"]] = created
         return 201, copy.deepcopy(created)
 

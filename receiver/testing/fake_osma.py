@@ -31,10 +31,26 @@ TEST_KEY = "sk_test_osma_router_fake"
 LIVE_KEY = "sk_live_osma_router_fake"
 LIMITS = {"test": 20, "live": 100}
 MAX_PAGE = 100
-TASK_FIELDS = {"template", "description", "member", "priority", "parameters", "data", "external_url",
-               "metadata", "status"}
-MEMBER_FIELDS = {"name", "email", "date_of_birth", "biological_sex", "gender_identity", "reference_id",
-                 "metadata"}
+TASK_FIELDS = {
+    "template",
+    "description",
+    "member",
+    "priority",
+    "parameters",
+    "data",
+    "external_url",
+    "metadata",
+    "status",
+}
+MEMBER_FIELDS = {
+    "name",
+    "email",
+    "date_of_birth",
+    "biological_sex",
+    "gender_identity",
+    "reference_id",
+    "metadata",
+}
 TASK_STATUSES = {"ready", "in_progress", "completed", "cancelled", "deleted"}
 
 # An operation on a resource: (resource, mode, request, path params) -> (status, body).
@@ -42,7 +58,9 @@ Operation = Callable[[str, str, Seen, dict[str, str]], tuple[int, Any]]
 
 
 class OsmaError(Exception):
-    def __init__(self, status: int, error_type: str, message: str, params: list[dict[str, str]] | None = None):
+    def __init__(
+        self, status: int, error_type: str, message: str, params: list[dict[str, str]] | None = None
+    ):
         super().__init__(message)
         self.status = status
         self.body: dict[str, Any] = {"type": error_type, "message": message}
@@ -51,8 +69,9 @@ class OsmaError(Exception):
 
 
 def invalid(param: str, message: str) -> OsmaError:
-    return OsmaError(400, "invalid_request_error", "Invalid request parameter(s)",
-                     [{"param": param, "message": message}])
+    return OsmaError(
+        400, "invalid_request_error", "Invalid request parameter(s)", [{"param": param, "message": message}]
+    )
 
 
 def now_iso() -> str:
@@ -64,7 +83,9 @@ class FakeOsma(FakeService):
 
     name = "fake Osma"
 
-    def __init__(self, keys: tuple[str, ...] = (TEST_KEY, LIVE_KEY), *, enforce_rate_limit: bool = True) -> None:
+    def __init__(
+        self, keys: tuple[str, ...] = (TEST_KEY, LIVE_KEY), *, enforce_rate_limit: bool = True
+    ) -> None:
         self.keys = keys
         self.enforce_rate_limit = enforce_rate_limit
         self._counter = itertools.count(1)
@@ -95,8 +116,9 @@ class FakeOsma(FakeService):
         return copy.deepcopy(self._new("members", mode, {"name": "Daisy Demo", **fields}))
 
     def add_user(self, **fields: Any) -> dict[str, Any]:
-        return copy.deepcopy(self._new("users", "any", {"name": "Una User", "email": "una@example.com",
-                                                        **fields}))
+        return copy.deepcopy(
+            self._new("users", "any", {"name": "Una User", "email": "una@example.com", **fields})
+        )
 
     def add_file(self, mode: str = "test", **fields: Any) -> dict[str, Any]:
         created = self._new("files", mode, fields)
@@ -151,13 +173,15 @@ class FakeOsma(FakeService):
                 try:
                     date.fromisoformat(version)
                 except ValueError:
-                    raise OsmaError(400, "invalid_request_error",
-                                    "osma-api-version must be an ISO 8601 date") from None
+                    raise OsmaError(
+                        400, "invalid_request_error", "osma-api-version must be an ISO 8601 date"
+                    ) from None
             self._count(mode, seen.endpoint)
             with self.lock:
                 if seen.method == "POST":
-                    return self._idempotent(key, seen, lambda: operation(resource, mode, seen, path_params),
-                                            headers)
+                    return self._idempotent(
+                        key, seen, lambda: operation(resource, mode, seen, path_params), headers
+                    )
                 status, body = operation(resource, mode, seen, path_params)
         except OsmaError as exc:
             if exc.status == 429:
@@ -176,8 +200,9 @@ class FakeOsma(FakeService):
         if over and self.enforce_rate_limit:
             raise OsmaError(429, "rate_limit_error", "Rate limit exceeded")
 
-    def _idempotent(self, api_key: str, seen: Seen, run: Callable[[], tuple[int, Any]],
-                    headers: dict[str, str]) -> Response:
+    def _idempotent(
+        self, api_key: str, seen: Seen, run: Callable[[], tuple[int, Any]], headers: dict[str, str]
+    ) -> Response:
         key = seen.headers.get("idempotency-key")
         if key is None:
             status, body = self._safely(run)
@@ -188,10 +213,17 @@ class FakeOsma(FakeService):
         cached = self._idempotency.get((api_key, key))
         if cached is not None:
             if cached[0] != fingerprint:
-                raise OsmaError(400, "idempotency_error",
-                                "Keys for idempotent requests can only be used with the same parameters")
-            return Response(cached[2], status_code=cached[1], media_type="application/json",
-                            headers={**headers, "idempotent-replayed": "true"})
+                raise OsmaError(
+                    400,
+                    "idempotency_error",
+                    "Keys for idempotent requests can only be used with the same parameters",
+                )
+            return Response(
+                cached[2],
+                status_code=cached[1],
+                media_type="application/json",
+                headers={**headers, "idempotent-replayed": "true"},
+            )
         status, body = self._safely(run)
         encoded = orjson.dumps(body)
         self._idempotency[(api_key, key)] = (fingerprint, status, encoded)
@@ -218,16 +250,39 @@ class FakeOsma(FakeService):
         prefix = {"tasks": "task", "members": "mem", "users": "usr", "files": "file"}[resource]
         with self.lock:
             stamp = now_iso()
-            item: dict[str, Any] = {"id": f"{prefix}_fake{next(self._counter):08d}", "created_at": stamp,
-                                    "updated_at": stamp}
+            item: dict[str, Any] = {
+                "id": f"{prefix}_fake{next(self._counter):08d}",
+                "created_at": stamp,
+                "updated_at": stamp,
+            }
             if resource == "tasks":
-                item.update({"template": None, "status": "ready", "priority": "routine", "member": None,
-                             "description": None, "parameters": {}, "data": {}, "external_url": None,
-                             "metadata": {}, "status_transitions": []})
+                item.update(
+                    {
+                        "template": None,
+                        "status": "ready",
+                        "priority": "routine",
+                        "member": None,
+                        "description": None,
+                        "parameters": {},
+                        "data": {},
+                        "external_url": None,
+                        "metadata": {},
+                        "status_transitions": [],
+                    }
+                )
             elif resource == "members":
-                item.update({"name": None, "email": None, "status": "active", "status_transitions": [],
-                             "date_of_birth": None, "biological_sex": None, "gender_identity": None,
-                             "metadata": {}})
+                item.update(
+                    {
+                        "name": None,
+                        "email": None,
+                        "status": "active",
+                        "status_transitions": [],
+                        "date_of_birth": None,
+                        "biological_sex": None,
+                        "gender_identity": None,
+                        "metadata": {},
+                    }
+                )
             item.update(copy.deepcopy(fields))
             item["live_mode"] = mode == "live"
             self._bucket(resource, mode)[item["id"]] = item
@@ -258,12 +313,12 @@ class FakeOsma(FakeService):
         if after is not None:
             if after not in ids:
                 raise invalid("starting_after", f"No such object: '{after}'")
-            rest = items[ids.index(after) + 1:]
+            rest = items[ids.index(after) + 1 :]
             return 200, {"has_next": len(rest) > limit, "data": copy.deepcopy(rest[:limit])}
         if before is not None:
             if before not in ids:
                 raise invalid("ending_before", f"No such object: '{before}'")
-            earlier = items[:ids.index(before)]
+            earlier = items[: ids.index(before)]
             page = earlier[-limit:]
             return 200, {"has_next": len(earlier) > limit, "data": copy.deepcopy(page)}
         return 200, {"has_next": len(items) > limit, "data": copy.deepcopy(items[:limit])}
@@ -284,8 +339,9 @@ class FakeOsma(FakeService):
         fields = self._body(seen, TASK_FIELDS if resource == "tasks" else MEMBER_FIELDS, resource, mode)
         metadata = _merged_metadata(item.get("metadata") or {}, fields.pop("metadata", {}))
         if "status" in fields and fields["status"] != item.get("status"):
-            item["status_transitions"].append({"to": fields["status"], "from": item.get("status"),
-                                               "timestamp": now_iso()})
+            item["status_transitions"].append(
+                {"to": fields["status"], "from": item.get("status"), "timestamp": now_iso()}
+            )
         item.update(fields)
         item["metadata"] = metadata
         item["updated_at"] = now_iso()
@@ -294,7 +350,9 @@ class FakeOsma(FakeService):
     def _delete(self, resource: str, mode: str, seen: Seen, path: dict[str, str]) -> tuple[int, Any]:
         item = self._find(resource, mode, path["id"])
         if item.get("status") != "deleted":
-            item["status_transitions"].append({"to": "deleted", "from": item.get("status"), "timestamp": now_iso()})
+            item["status_transitions"].append(
+                {"to": "deleted", "from": item.get("status"), "timestamp": now_iso()}
+            )
             item["status"] = "deleted"
             item["updated_at"] = now_iso()
         return 200, copy.deepcopy(item)

@@ -128,19 +128,44 @@ class FakeService:
 
     # --- what tests ask for -------------------------------------------------------------
 
-    def fail(self, status: int = 503, *, times: float = 1, method: str | None = None, path: str | None = None,
-             retry_after: float | str | None = None, body: Any = None, after: bool = False) -> None:
+    def fail(
+        self,
+        status: int = 503,
+        *,
+        times: float = 1,
+        method: str | None = None,
+        path: str | None = None,
+        retry_after: float | str | None = None,
+        body: Any = None,
+        after: bool = False,
+    ) -> None:
         """Answer the next `times` matching requests with `status` (`float("inf")`: always);
         with `after=True` the request is carried out first (its answer is what fails).
 
         `path` is a glob on the request path, e.g. `"/api/v2/indicator_reports.json"`.
         """
         with self.lock:
-            self._faults.append(Fault(times=times, method=method, path=path, status=status, after=after,
-                                      retry_after=None if retry_after is None else str(retry_after), body=body))
+            self._faults.append(
+                Fault(
+                    times=times,
+                    method=method,
+                    path=path,
+                    status=status,
+                    after=after,
+                    retry_after=None if retry_after is None else str(retry_after),
+                    body=body,
+                )
+            )
 
-    def slow(self, seconds: float, *, times: float = 1, after: bool = False, method: str | None = None,
-             path: str | None = None) -> None:
+    def slow(
+        self,
+        seconds: float,
+        *,
+        times: float = 1,
+        after: bool = False,
+        method: str | None = None,
+        path: str | None = None,
+    ) -> None:
         """Delay the next `times` matching answers; `after=True` does the work first."""
         with self.lock:
             self._faults.append(Fault(times=times, method=method, path=path, delay=seconds, after=after))
@@ -193,15 +218,32 @@ class FakeService:
         return None
 
     async def seen(self, request: Request, endpoint: str) -> Seen:
-        return Seen(request.method, request.url.path, endpoint, dict(request.query_params),
-                    {k.lower(): v for k, v in request.headers.items()}, await request.body(), self._generation)
+        return Seen(
+            request.method,
+            request.url.path,
+            endpoint,
+            dict(request.query_params),
+            {k.lower(): v for k, v in request.headers.items()},
+            await request.body(),
+            self._generation,
+        )
 
     def record(self, seen: Seen, status: int) -> None:
         with self.lock:
             if seen.generation != self._generation:
                 return
-            self._requests.append(RecordedRequest(seen.method, seen.path, seen.endpoint, seen.query,
-                                                  seen.headers, seen.body, status, seen.at))
+            self._requests.append(
+                RecordedRequest(
+                    seen.method,
+                    seen.path,
+                    seen.endpoint,
+                    seen.query,
+                    seen.headers,
+                    seen.body,
+                    status,
+                    seen.at,
+                )
+            )
 
     def route(self, path: str, **by_method: Any) -> Route:
         """A route under `prefix` whose requests are recorded, may meet a fault, and are
@@ -210,8 +252,11 @@ class FakeService:
 
         async def serve(request: Request) -> Response:
             operation = by_method[request.method]
-            return await self.run(request, endpoint.format(method=request.method),
-                                  lambda seen: self.answer(seen, path, request.path_params, operation))
+            return await self.run(
+                request,
+                endpoint.format(method=request.method),
+                lambda seen: self.answer(seen, path, request.path_params, operation),
+            )
 
         return Route(self.prefix + path, serve, methods=list(by_method))
 

@@ -145,8 +145,14 @@ def osma_router_handlers() -> list[HandlerGroup]:
 
 
 @pytest.fixture
-def osma_router_env(osma_router_redis: Redis, osma_router_redis_server: RedisServer, fake_osma: FakeOsma,
-                    fake_ogsm: FakeOgsm, osma_router_routes: str, tmp_path: Path) -> dict[str, str]:
+def osma_router_env(
+    osma_router_redis: Redis,
+    osma_router_redis_server: RedisServer,
+    fake_osma: FakeOsma,
+    fake_ogsm: FakeOgsm,
+    osma_router_routes: str,
+    tmp_path: Path,
+) -> dict[str, str]:
     """`OSMA_ROUTER_*` settings pointing at the test's Redis, fakes and routes."""
     env = {
         "OSMA_ROUTER_REDIS_URL": osma_router_redis_server.url,
@@ -166,7 +172,9 @@ def osma_router_env(osma_router_redis: Redis, osma_router_redis_server: RedisSer
 
 
 @pytest.fixture
-def osma_router(osma_router_env: dict[str, str], osma_router_handlers: list[HandlerGroup]) -> Iterator[RouterUnderTest]:
+def osma_router(
+    osma_router_env: dict[str, str], osma_router_handlers: list[HandlerGroup]
+) -> Iterator[RouterUnderTest]:
     """A live receiver with the test's settings and routes."""
     registry = HandlerRegistry.discover()
     for group in osma_router_handlers:

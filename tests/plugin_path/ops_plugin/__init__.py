@@ -31,8 +31,9 @@ def chatty(event: Event, ctx: Context) -> None:
     the message. None of it may reach the logs."""
     obj = event.object
     # Straight to a logger (ctx.log's adapter would replace `extra` with its own ids).
-    logging.getLogger("ops_plugin").info("chatty handler looked at the object",
-                                         extra={"member": obj, "first_name": obj.get("first_name")})
+    logging.getLogger("ops_plugin").info(
+        "chatty handler looked at the object", extra={"member": obj, "first_name": obj.get("first_name")}
+    )
     ctx.redis.rpush(SEEN_KEY, f"{event.id}|{ctx.handler}||{ctx.attempt}")
     if ctx.attempt == 1:
         raise HandlerError(f"could not use {obj.get('name')} / {obj.get('email')}")
