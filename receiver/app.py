@@ -7,13 +7,14 @@ with one grouped Redis call. Nothing blocks the event loop.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import time
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field, replace
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 import orjson
@@ -30,6 +31,7 @@ from starlette.types import Receive, Scope, Send
 
 from .capture import CaptureWriter
 from .crypto import Sealer
+from .deadlines import Deadline
 from .dedup import Admission, EventStore, Outcome
 from .enqueue import JobBuilder, JobWrite
 from .events import parse_envelope
@@ -53,6 +55,11 @@ class BodyTooLarge(HTTPFacingError):
     error_type = "body_too_large"
 
 
+class RequestTimeout(HTTPFacingError):
+    status_code = 408
+    error_type = "request_timeout"
+
+
 class Unavailable503(HTTPFacingError):
     status_code = 503
     error_type = "unavailable"
@@ -62,7 +69,8 @@ def error_body(error_type: str, message: str) -> bytes:
     return orjson.dumps({"error": {"type": error_type, "message": message}})
 
 
-async def send_json(send: Send, status: int, body: bytes, request_id: str) -> None:
+async def send_json(send: Send, status: int, body: bytes, request_id: str, *, close: bool = False) -> None:
+    """`close`: end the connection after this answer (a body left half-read behind it)."""
     await send(
         {
             "type": "http.response.start",
@@ -71,30 +79,37 @@ async def send_json(send: Send, status: int, body: bytes, request_id: str) -> No
                 *_JSON_HEADERS,
                 (b"content-length", b"%d" % len(body)),  # else uvicorn answers chunked
                 (b"x-request-id", request_id.encode()),
+                *([(b"connection", b"close")] if close else []),
             ],
         }
     )
     await send({"type": "http.response.body", "body": body})
 
 
-async def read_body(scope: Scope, receive: Receive, limit: int) -> bytes:
-    """The request body, or `BodyTooLarge` as soon as more than `limit` bytes arrive."""
+async def read_body(scope: Scope, receive: Receive, limit: int, deadline: Deadline) -> bytes:
+    """The request body, or `BodyTooLarge` as soon as more than `limit` bytes arrive, or
+    `RequestTimeout` if it has not all arrived by the `deadline`: uvicorn has no body
+    timeout, so a client trickling bytes would otherwise hold its request forever."""
     for name, value in scope["headers"]:
         if name == b"content-length" and value.isdigit() and int(value) > limit:
             raise BodyTooLarge(f"the body is larger than the limit of {limit} bytes")
     chunks: list[bytes] = []
     size = 0
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            raise ConnectionAbortedError("client went away")
-        chunk = message.get("body", b"")
-        size += len(chunk)
-        if size > limit:
-            raise BodyTooLarge(f"the body is larger than the limit of {limit} bytes")
-        chunks.append(chunk)
-        if not message.get("more_body", False):
-            return b"".join(chunks)
+    try:
+        with deadline.start():
+            while True:
+                message = await receive()
+                if message["type"] == "http.disconnect":
+                    raise ConnectionAbortedError("client went away")
+                chunk = message.get("body", b"")
+                size += len(chunk)
+                if size > limit:
+                    raise BodyTooLarge(f"the body is larger than the limit of {limit} bytes")
+                chunks.append(chunk)
+                if not message.get("more_body", False):
+                    return b"".join(chunks)
+    except TimeoutError:
+        raise RequestTimeout(f"the body did not arrive within {deadline.seconds:g} s") from None
 
 
 def header(scope: Scope, name: bytes) -> bytes | None:
@@ -114,19 +129,39 @@ class Pipeline:
     capture: CaptureWriter | None = None
 
     def jobs_for(
-        self, source: str, payload: dict[str, Any], body: bytes, received_at: datetime,
-        *, replay: bool = False, sealed_line: str | None = None,
+        self,
+        source: str,
+        payload: dict[str, Any],
+        body: bytes,
+        received_at: datetime,
+        *,
+        replay: bool = False,
+        sealed_line: str | None = None,
     ) -> list[JobWrite]:
         """The jobs of one event; a replay pins the handlers' clock to `received_at`."""
         data = payload.get("data")
         obj = data.get("object") if isinstance(data, dict) else None
         routes = self.router.match(payload["type"], obj if isinstance(obj, dict) else {})
-        return self.builder.build(source, payload["id"], payload["type"], body, received_at, routes,
-                                  clock="received_at" if replay else None, sealed_line=sealed_line)
+        return self.builder.build(
+            source,
+            payload["id"],
+            payload["type"],
+            body,
+            received_at,
+            routes,
+            clock="received_at" if replay else None,
+            sealed_line=sealed_line,
+        )
 
     async def admit(
-        self, source: str, payload: dict[str, Any], body: bytes, received_at: datetime,
-        *, headers: Sequence[tuple[bytes, bytes]] | None = None, replay: bool = False,
+        self,
+        source: str,
+        payload: dict[str, Any],
+        body: bytes,
+        received_at: datetime,
+        *,
+        headers: Sequence[tuple[bytes, bytes]] | None = None,
+        replay: bool = False,
         force_tag: str | None = None,
     ) -> tuple[Outcome, int]:
         """Store the event and queue its jobs in one step (see dedup.py).
@@ -137,8 +172,14 @@ class Pipeline:
         capture = None
         if self.capture is not None and headers is not None:
             capture = self.capture.write(source, body, received_at, headers)
-        jobs = self.jobs_for(source, payload, body, received_at, replay=replay,
-                             sealed_line=capture.token if capture is not None else None)
+        jobs = self.jobs_for(
+            source,
+            payload,
+            body,
+            received_at,
+            replay=replay,
+            sealed_line=capture.token if capture is not None else None,
+        )
         if force_tag is not None:
             jobs = [replace(job, job_id=f"{job.job_id}_{force_tag}") for job in jobs]
         outcome = await self.store.admit(
@@ -157,28 +198,31 @@ class OsmaWebhook:
         self.latency = state.metrics.delivery_seconds.labels(self.source)
         self.accepted = state.metrics.deliveries.labels(self.source, "accepted", "")
         self.duplicates = state.metrics.deliveries.labels(self.source, "duplicate", "")
+        self.body_deadline = Deadline(state.settings.body_timeout)
+        # One deadline per request for storing: behind a slow Redis, requests queue for the
+        # next grouped call, and the client's own timeout (with its retry) would add up.
+        self.store_deadline = Deadline(REDIS_TIMEOUT)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         started = time.perf_counter()
         state = self.state
-        request_id = (header(scope, b"x-request-id") or os.urandom(8).hex().encode()).decode(
-            "latin-1"
-        )[:64]
+        request_id = (header(scope, b"x-request-id") or os.urandom(8).hex().encode()).decode("latin-1")[:64]
         if scope["method"] != "POST":
             await send_json(send, 405, error_body("method_not_allowed", "use POST"), request_id)
             return
         event_id = None
         try:
-            body = await read_body(scope, receive, state.settings.max_body_bytes)
+            body = await read_body(scope, receive, state.settings.max_body_bytes, self.body_deadline)
             now = state.clock()
             state.verifier.verify(body, header(scope, b"osma-signature"), now)
             payload = parse_envelope(body)
             event_id = payload["id"]
-            received_at = datetime.fromtimestamp(now, timezone.utc)
+            received_at = datetime.fromtimestamp(now, UTC)
             try:
-                outcome, jobs = await state.pipeline.admit(
-                    self.source, payload, body, received_at, headers=scope["headers"]
-                )
+                with self.store_deadline.start():
+                    outcome, jobs = await state.pipeline.admit(
+                        self.source, payload, body, received_at, headers=scope["headers"]
+                    )
             except Exception as exc:  # StoreError, connection errors, timeouts: all mean 503
                 log.warning(
                     "could not store the delivery; answering 503 so the sender retries",
@@ -192,12 +236,23 @@ class OsmaWebhook:
                 state.metrics.deliveries.labels(self.source, "rejected", exc.error_type).inc()
             log.info(
                 "delivery rejected",
-                extra={"request_id": request_id, "event_id": event_id, "source": self.source,
-                       "status": exc.status_code, "error_type": exc.error_type,
-                       "client": scope["client"][0] if scope.get("client") else None},
+                extra={
+                    "request_id": request_id,
+                    "event_id": event_id,
+                    "source": self.source,
+                    "status": exc.status_code,
+                    "error_type": exc.error_type,
+                    "client": scope["client"][0] if scope.get("client") else None,
+                },
             )
             self.latency.observe(time.perf_counter() - started)
-            await send_json(send, exc.status_code, error_body(exc.error_type, exc.message), request_id)
+            await send_json(
+                send,
+                exc.status_code,
+                error_body(exc.error_type, exc.message),
+                request_id,
+                close=exc.status_code == 408,
+            )
             return
         if outcome is Outcome.ACCEPTED:
             self.accepted.inc()
@@ -212,9 +267,14 @@ class OsmaWebhook:
         if log.isEnabledFor(logging.DEBUG):
             log.debug(
                 "delivery stored",
-                extra={"request_id": request_id, "event_id": event_id, "event_type": payload["type"],
-                       "source": self.source, "outcome": outcome.value,
-                       "jobs": jobs if outcome is Outcome.ACCEPTED else None},
+                extra={
+                    "request_id": request_id,
+                    "event_id": event_id,
+                    "event_type": payload["type"],
+                    "source": self.source,
+                    "outcome": outcome.value,
+                    "jobs": jobs if outcome is Outcome.ACCEPTED else None,
+                },
             )
         self.latency.observe(time.perf_counter() - started)
         await send_json(send, status, body_out, request_id)
@@ -284,6 +344,7 @@ def build_pipeline(settings: Settings, config: Config, redis: AsyncRedis) -> Pip
 
 
 def create_app(state: ReceiverState) -> Starlette:
+    from .openapi import openapi_json
     from .osmos_ingest import OsmosIngest  # it imports this module's helpers
 
     async def healthz(request: Request) -> Response:
@@ -291,11 +352,13 @@ def create_app(state: ReceiverState) -> Starlette:
 
     async def readyz(request: Request) -> Response:
         try:
-            await state.redis.ping()
+            await asyncio.wait_for(state.redis.ping(), REDIS_TIMEOUT)  # no client retry: answer fast
         except Exception as exc:
             return JSONResponse(
-                {"status": "unavailable", "error": {"type": "unavailable",
-                                                    "message": f"redis: {type(exc).__name__}"}},
+                {
+                    "status": "unavailable",
+                    "error": {"type": "unavailable", "message": f"redis: {type(exc).__name__}"},
+                },
                 status_code=503,
             )
         return JSONResponse({"status": "ready"})
@@ -316,12 +379,19 @@ def create_app(state: ReceiverState) -> Starlette:
         Route("/healthz", healthz, methods=["GET"]),
         Route("/readyz", readyz, methods=["GET"]),
         Route("/metrics", metrics, methods=["GET"]),
+        Route("/openapi.json", openapi_json, methods=["GET"]),
     ]
+
     async def http_error(request: Request, exc: Exception) -> Response:
         status = getattr(exc, "status_code", 400)
         kinds = {404: ("not_found", "no such endpoint"), 405: ("method_not_allowed", "method not allowed")}
         kind, message = kinds.get(status, ("bad_request", "bad request"))
-        return JSONResponse({"error": {"type": kind, "message": message}}, status_code=status)
+        # A 405 keeps Starlette's `Allow` header (RFC 9110 requires it).
+        return JSONResponse(
+            {"error": {"type": kind, "message": message}},
+            status_code=status,
+            headers=getattr(exc, "headers", None),
+        )
 
     app = Starlette(routes=routes, lifespan=lifespan, exception_handlers={404: http_error, 405: http_error})
     app.state.receiver = state

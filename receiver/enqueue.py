@@ -11,8 +11,8 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from enum import Enum
 from datetime import UTC, datetime
+from enum import Enum
 from typing import Any
 
 import orjson

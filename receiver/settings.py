@@ -73,6 +73,7 @@ class Settings:
     log_level: str = "info"
     trusted_proxies: tuple[str, ...] = ()
     shutdown_grace: float = 25.0
+    body_timeout: float = 10.0  # seconds a webhook body may take to arrive (slow clients: 408)
     extra: Mapping[str, str] = field(default_factory=dict, repr=False, compare=False)
 
     @classmethod
@@ -98,6 +99,7 @@ class Settings:
 
     def summary(self) -> dict[str, str]:
         """What `check-config` prints: every value, secrets masked."""
+
         def mask(secret: Secret | None) -> str:
             return "-" if secret is None else str(secret)
 
@@ -123,6 +125,7 @@ class Settings:
             "encryption_keys": f"{len(self.encryption_keys)} configured",
             "trusted_proxies": ", ".join(self.trusted_proxies) or "- (X-Forwarded-* ignored)",
             "shutdown_grace": f"{self.shutdown_grace:g} s",
+            "body_timeout": f"{self.body_timeout:g} s",
         }
 
 
@@ -151,7 +154,8 @@ def _parse(env: Mapping[str, str]) -> Settings:
         scheme = urlsplit(redis_url).scheme
         if scheme not in ("redis", "rediss", "unix"):
             raise ConfigError(
-                f"{PREFIX}REDIS_URL must start with redis://, rediss:// or unix://, got {scheme or 'no scheme'!r}"
+                f"{PREFIX}REDIS_URL must start with redis://, rediss:// or unix://, "
+                f"got {scheme or 'no scheme'!r}"
             )
 
     secrets = _secret_list(get("WEBHOOK_SECRETS"))
@@ -209,6 +213,7 @@ def _parse(env: Mapping[str, str]) -> Settings:
 
     trusted_proxies = _proxy_list(get("TRUSTED_PROXIES"))
     shutdown_grace = _positive_number("SHUTDOWN_GRACE", get("SHUTDOWN_GRACE"), 25.0)
+    body_timeout = _positive_number("BODY_TIMEOUT", get("BODY_TIMEOUT"), 10.0)
 
     queue_name = get("QUEUE") or "osma-router"
     if not all(c.isalnum() or c in "_-" for c in queue_name):
@@ -238,6 +243,7 @@ def _parse(env: Mapping[str, str]) -> Settings:
         log_level=log_level,
         trusted_proxies=trusted_proxies,
         shutdown_grace=shutdown_grace,
+        body_timeout=body_timeout,
         extra={k: v for k, v in env.items() if not k.startswith(PREFIX)},
     )
 
