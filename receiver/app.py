@@ -35,7 +35,7 @@ from .deadlines import Deadline
 from .dedup import Admission, EventStore, Outcome
 from .enqueue import JobBuilder, JobWrite
 from .events import parse_envelope
-from .exceptions import HTTPFacingError
+from .exceptions import BodyTooLarge, HTTPFacingError, RequestTimeout, StoreUnavailable
 from .metrics import Metrics
 from .osmos import Connector
 from .plugins import HandlerRegistry
@@ -48,21 +48,6 @@ log = logging.getLogger("osma_router.receiver")
 Clock = Callable[[], float]
 REDIS_TIMEOUT = 2.0
 _JSON_HEADERS = [(b"content-type", b"application/json")]
-
-
-class BodyTooLarge(HTTPFacingError):
-    status_code = 413
-    error_type = "body_too_large"
-
-
-class RequestTimeout(HTTPFacingError):
-    status_code = 408
-    error_type = "request_timeout"
-
-
-class Unavailable503(HTTPFacingError):
-    status_code = 503
-    error_type = "unavailable"
 
 
 def error_body(error_type: str, message: str) -> bytes:
@@ -228,7 +213,7 @@ class OsmaWebhook:
                     "could not store the delivery; answering 503 so the sender retries",
                     extra={"request_id": request_id, "event_id": event_id, "reason": type(exc).__name__},
                 )
-                raise Unavailable503("the event store is unavailable; retry later") from None
+                raise StoreUnavailable("the event store is unavailable; retry later") from None
         except ConnectionAbortedError:
             return
         except HTTPFacingError as exc:

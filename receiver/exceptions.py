@@ -3,8 +3,16 @@
 ```
 RouterError
 ├── ConfigError            bad settings or routes file: refuse to start
-├── VerificationError      signature / timestamp: 4xx, never retried
-├── PayloadError           body not JSON, missing id/type, schema mismatch: 4xx
+├── HTTPFacingError         answered with a status code and {"error": {"type", "message"}}
+│   ├── VerificationError  signature / timestamp / Osmos auth header: 401, never retried
+│   │   └── Unauthorized
+│   ├── PayloadError       body not JSON, missing id/type, schema mismatch: 4xx
+│   │   ├── UnsupportedMediaType   415
+│   │   └── TooManyRecords         413
+│   ├── BodyTooLarge       413, counted while the body streams in
+│   ├── RequestTimeout     408, the body did not arrive in time
+│   ├── UnknownConnector   404
+│   └── StoreUnavailable   503: Redis could not store it, the sender retries
 ├── HandlerError           a plugin failed: retried per its policy
 │   └── PermanentError     a plugin says retrying cannot help: failed at once
 │       ├── InvalidRequest       a request a client refuses to send (metadata over Osma's limits, ...)
@@ -53,6 +61,44 @@ class PayloadError(HTTPFacingError):
     """The verified body is not an acceptable event or batch."""
 
     status_code = 400
+
+
+class Unauthorized(VerificationError):
+    """An Osmos connector's auth header is missing or wrong."""
+
+    error_type = "unauthorized"
+
+
+class UnsupportedMediaType(PayloadError):
+    status_code = 415
+    error_type = "unsupported_media_type"
+
+
+class TooManyRecords(PayloadError):
+    status_code = 413
+    error_type = "too_many_records"
+
+
+class BodyTooLarge(HTTPFacingError):
+    status_code = 413
+    error_type = "body_too_large"
+
+
+class RequestTimeout(HTTPFacingError):
+    status_code = 408
+    error_type = "request_timeout"
+
+
+class UnknownConnector(HTTPFacingError):
+    status_code = 404
+    error_type = "unknown_connector"
+
+
+class StoreUnavailable(HTTPFacingError):
+    """Redis is unreachable or failing; nothing was acknowledged."""
+
+    status_code = 503
+    error_type = "unavailable"
 
 
 class HandlerError(RouterError):

@@ -29,9 +29,18 @@ from redis.asyncio.retry import Retry as AsyncRetry
 from redis.backoff import NoBackoff
 from starlette.types import Receive, Scope, Send
 
-from .app import REDIS_TIMEOUT, BodyTooLarge, ReceiverState, Unavailable503, error_body, header, send_json
+from .app import REDIS_TIMEOUT, ReceiverState, error_body, header, send_json
 from .batches import Batch, BatchOutcome, BatchStore, EventCoder, StagedChunk, lay_out_route
-from .exceptions import HTTPFacingError, PayloadError, VerificationError
+from .exceptions import (
+    BodyTooLarge,
+    HTTPFacingError,
+    PayloadError,
+    StoreUnavailable,
+    TooManyRecords,
+    Unauthorized,
+    UnknownConnector,
+    UnsupportedMediaType,
+)
 from .osmos import (
     MAX_RECORDS,
     SOURCE,
@@ -49,26 +58,6 @@ CHUNK_RECORDS = 1_000  # records per staging script call: ~10 ms of Redis time o
 VALIDATE_SLICE = 10_000  # records validated between two yields to the event loop
 LARGE_BODY = 4 * 1_048_576  # bodies above this are ingested one at a time per process
 BATCH_REDIS_TIMEOUT = 60.0  # seconds a script of a big batch may take (a 250k commit: ~1 s)
-
-
-class UnknownConnector(HTTPFacingError):
-    status_code = 404
-    error_type = "unknown_connector"
-
-
-class Unauthorized(VerificationError):
-    status_code = 401
-    error_type = "unauthorized"
-
-
-class UnsupportedMediaType(PayloadError):
-    status_code = 415
-    error_type = "unsupported_media_type"
-
-
-class TooManyRecords(PayloadError):
-    status_code = 413
-    error_type = "too_many_records"
 
 
 class InvalidRecords(PayloadError):
@@ -265,7 +254,7 @@ class OsmosIngest:
                         "reason": type(exc).__name__,
                     },
                 )
-                raise Unavailable503("the event store is unavailable; retry later") from None
+                raise StoreUnavailable("the event store is unavailable; retry later") from None
 
     @contextlib.asynccontextmanager
     async def _client_for(self, count: int) -> AsyncIterator[AsyncRedis]:
