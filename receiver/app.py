@@ -12,7 +12,7 @@ import logging
 import os
 import time
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, nullcontext
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
@@ -71,30 +71,32 @@ async def send_json(send: Send, status: int, body: bytes, request_id: str, *, cl
     await send({"type": "http.response.body", "body": body})
 
 
-async def read_body(scope: Scope, receive: Receive, limit: int, deadline: Deadline) -> bytes:
-    """The request body, or `BodyTooLarge` as soon as more than `limit` bytes arrive, or
-    `RequestTimeout` if it has not all arrived by the `deadline`: uvicorn has no body
-    timeout, so a client trickling bytes would otherwise hold its request forever."""
-    for name, value in scope["headers"]:
-        if name == b"content-length" and value.isdigit() and int(value) > limit:
-            raise BodyTooLarge(f"the body is larger than the limit of {limit} bytes")
-    chunks: list[bytes] = []
-    size = 0
+async def read_body(
+    scope: Scope, receive: Receive, limit: int, deadline: Deadline | None = None
+) -> bytearray:
+    """The request body in one growing buffer (one copy, however many chunks), or
+    `BodyTooLarge` as soon as more than `limit` bytes arrive, or `RequestTimeout` if it
+    has not all arrived by the `deadline`: uvicorn has no body timeout, so a client
+    trickling bytes would otherwise hold its request forever."""
+    length = header(scope, b"content-length")
+    if length is not None and length.isdigit() and int(length) > limit:
+        raise BodyTooLarge(f"the body is larger than the limit of {limit} bytes")
+    body = bytearray()
     try:
-        with deadline.start():
+        with deadline.start() if deadline is not None else nullcontext():
             while True:
                 message = await receive()
                 if message["type"] == "http.disconnect":
                     raise ConnectionAbortedError("client went away")
                 chunk = message.get("body", b"")
-                size += len(chunk)
-                if size > limit:
+                if len(body) + len(chunk) > limit:
                     raise BodyTooLarge(f"the body is larger than the limit of {limit} bytes")
-                chunks.append(chunk)
+                body += chunk
                 if not message.get("more_body", False):
-                    return b"".join(chunks)
+                    return body
     except TimeoutError:
-        raise RequestTimeout(f"the body did not arrive within {deadline.seconds:g} s") from None
+        seconds = deadline.seconds if deadline is not None else 0
+        raise RequestTimeout(f"the body did not arrive within {seconds:g} s") from None
 
 
 def header(scope: Scope, name: bytes) -> bytes | None:
@@ -197,7 +199,8 @@ class OsmaWebhook:
             return
         event_id = None
         try:
-            body = await read_body(scope, receive, state.settings.max_body_bytes, self.body_deadline)
+            # bytes: Fernet seals only bytes, and the body is small.
+            body = bytes(await read_body(scope, receive, state.settings.max_body_bytes, self.body_deadline))
             now = state.clock()
             state.verifier.verify(body, header(scope, b"osma-signature"), now)
             payload = parse_envelope(body)

@@ -29,10 +29,9 @@ from redis.asyncio.retry import Retry as AsyncRetry
 from redis.backoff import NoBackoff
 from starlette.types import Receive, Scope, Send
 
-from .app import REDIS_TIMEOUT, ReceiverState, error_body, header, send_json
+from .app import REDIS_TIMEOUT, ReceiverState, error_body, header, read_body, send_json
 from .batches import Batch, BatchOutcome, BatchStore, EventCoder, StagedChunk, lay_out_route
 from .exceptions import (
-    BodyTooLarge,
     HTTPFacingError,
     PayloadError,
     StoreUnavailable,
@@ -78,24 +77,6 @@ class InvalidRecords(PayloadError):
         if self.report.more:
             answer["more"] = self.report.more
         return orjson.dumps(answer)
-
-
-async def read_body_limited(scope: Scope, receive: Receive, limit: int) -> bytearray:
-    """The body in one growing buffer (no list of chunks to join: one copy, not two)."""
-    length = header(scope, b"content-length")
-    if length is not None and length.isdigit() and int(length) > limit:
-        raise BodyTooLarge(f"the body is larger than the limit of {limit} bytes")
-    body = bytearray()
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            raise ConnectionAbortedError("client went away")
-        chunk = message.get("body", b"")
-        if len(body) + len(chunk) > limit:
-            raise BodyTooLarge(f"the body is larger than the limit of {limit} bytes")
-        body += chunk
-        if not message.get("more_body", False):
-            return body
 
 
 def check_media_type(value: bytes | None) -> None:
@@ -147,7 +128,8 @@ class OsmosIngest:
             if not connector.authorized(header(scope, connector.header_key)):
                 raise Unauthorized(f"the {connector.header} header is missing or wrong")
             check_media_type(header(scope, b"content-type"))
-            body = await read_body_limited(scope, receive, state.settings.osmos_max_body_bytes)
+            # No body deadline here: a 256 MiB batch may rightly take a while to upload.
+            body = await read_body(scope, receive, state.settings.osmos_max_body_bytes)
             received_at = datetime.fromtimestamp(state.clock(), UTC)
             async with self._gate(len(body)):
                 records = parse_records(body)
