@@ -80,16 +80,21 @@ def parse_envelope(body: bytes) -> dict[str, Any]:
 
 
 def parse_time(value: Any) -> datetime | None:
-    """An ISO 8601 time as an aware UTC datetime; None when absent or unreadable."""
+    """An ISO 8601 time as an aware UTC datetime; None when absent or unreadable.
+
+    A well-formed time whose UTC instant falls outside years 1 to 9999
+    (`0001-01-01T00:00+05:30`) counts as unreadable, so a sender's odd clock can never
+    crash a job: callers fall back to the received time.
+    """
     if not isinstance(value, str):
         return None
     try:
         parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
+        if parsed.tzinfo is None:
+            parsed = parsed.replace(tzinfo=UTC)
+        return parsed.astimezone(UTC)
+    except (ValueError, OverflowError):
         return None
-    if parsed.tzinfo is None:
-        parsed = parsed.replace(tzinfo=UTC)
-    return parsed.astimezone(UTC)
 
 
 def build_event(payload: Mapping[str, Any], *, source: str, received_at: datetime) -> Event:

@@ -4,11 +4,13 @@
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, settings
 from redis import Redis
 from support import LiveServer, Receiver, env_for
 
@@ -17,6 +19,19 @@ from receiver.plugins import HandlerRegistry
 from receiver.redis_server import RedisServer, find_redis_server
 from receiver.routes import load_config
 from receiver.settings import Settings
+
+# Hypothesis profiles, chosen by HYPOTHESIS_PROFILE (README, "Testing"):
+# - dev (default): random examples, the failing one is kept in .hypothesis/ and tried first;
+# - ci: derandomized, so every CI run tries the same examples and a red run is a real one;
+#   no per-example deadline (a loaded 2-core machine is slow, not wrong);
+# - explore: ten times the examples (see support.examples), for a long local hunt.
+# Every profile prints the reproduce blob of a failure (@reproduce_failure).
+settings.register_profile("dev", print_blob=True)
+settings.register_profile(
+    "ci", derandomize=True, print_blob=True, deadline=None, suppress_health_check=[HealthCheck.too_slow]
+)
+settings.register_profile("explore", print_blob=True, deadline=None, max_examples=1000)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "dev"))
 
 
 @pytest.fixture(scope="session")

@@ -29,6 +29,12 @@ SECRET = "whsec_test_secret"
 _ids = itertools.count(1)
 
 
+def examples(count: int) -> int:
+    """How many examples a property test runs: `count`, or ten times it under the
+    `explore` Hypothesis profile (HYPOTHESIS_PROFILE=explore)."""
+    return count * 10 if os.environ.get("HYPOTHESIS_PROFILE") == "explore" else count
+
+
 def make_event(
     event_type: str = "task.completed",
     *,

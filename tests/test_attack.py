@@ -18,7 +18,7 @@ import schemathesis
 from hypothesis import HealthCheck, settings
 from redis import Redis
 from schemathesis.specs.openapi.checks import positive_data_acceptance
-from support import SECRET, Receiver, handled, make_event, signature_headers
+from support import SECRET, Receiver, examples, handled, make_event, signature_headers
 
 from receiver.app import create_app
 from receiver.dedup import dedup_key
@@ -88,7 +88,7 @@ schema = schemathesis.openapi.from_dict(SPEC)
 
 
 @schema.parametrize()
-@settings(max_examples=100, deadline=None, suppress_health_check=list(HealthCheck))
+@settings(max_examples=examples(100), deadline=None, suppress_health_check=list(HealthCheck))
 def test_the_receiver_answers_as_its_openapi_description_says(case: Any, live: Receiver) -> None:
     """schemathesis generates requests from the description (valid and invalid) and checks
     every answer: no 5xx, a documented status, a body that matches its schema."""

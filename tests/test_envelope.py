@@ -8,11 +8,12 @@ from typing import Any
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from support import examples
 
 from receiver.events import parse_envelope
 from receiver.exceptions import PayloadError, RouterError
 
-bounded = settings(max_examples=300, deadline=None)
+bounded = settings(max_examples=examples(300), deadline=None)
 
 
 def payload_error(body: bytes) -> PayloadError:

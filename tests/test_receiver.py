@@ -8,7 +8,7 @@ import time
 import httpx
 import orjson
 from redis import Redis
-from support import SECRET, make_event, signature_headers
+from support import SECRET, examples, make_event, signature_headers
 
 from receiver.dedup import dedup_key
 from receiver.redis_server import RedisServer
@@ -272,7 +272,7 @@ _body = st.one_of(
 def test_fuzzed_headers_and_bodies_never_give_a_5xx(start_receiver):
     receiver = start_receiver(ROUTES)
 
-    @settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck))
+    @settings(max_examples=examples(150), deadline=None, suppress_health_check=list(HealthCheck))
     @given(header=_header_text, body=_body, sign_it=st.booleans())
     def check(header: str, body: bytes, sign_it: bool) -> None:
         # Values HTTP itself allows (visible ASCII, inner spaces); the rest never reaches us.

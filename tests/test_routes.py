@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from support import examples
 
 from receiver.events import Event, build_event
 from receiver.exceptions import ConfigError
@@ -492,7 +493,7 @@ def test_job_id_is_safe_and_deterministic(event_id: str) -> None:
     assert first == job_id("osma", event_id, a_route())
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=examples(300), deadline=None)
 @given(event_id=st.text(max_size=300))
 def test_property_job_id_uses_only_safe_characters(event_id: str) -> None:
     route = a_route()
@@ -500,7 +501,7 @@ def test_property_job_id_uses_only_safe_characters(event_id: str) -> None:
     assert job_id("osma", event_id, route) == job_id("osma", event_id, route)
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=examples(300), deadline=None)
 @given(first=st.text(max_size=120), second=st.text(max_size=120))
 def test_property_distinct_event_ids_give_distinct_job_ids(first: str, second: str) -> None:
     route = a_route()

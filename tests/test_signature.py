@@ -13,6 +13,7 @@ import json
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from support import examples
 
 from receiver.exceptions import RouterError, VerificationError
 from receiver.settings import Secret
@@ -23,7 +24,7 @@ OLD_SECRET = "whsec_old_0123456789abcdef"
 NOW = 1_700_000_000
 BODY = b'{"id": "evt_1", "type": "task.completed", "data": {"object": {"id": "tsk_1"}}}'
 
-bounded = settings(max_examples=250, deadline=None)
+bounded = settings(max_examples=examples(250), deadline=None)
 
 
 def hmac_hex(secret: str, timestamp: int | str, body: bytes) -> str:
