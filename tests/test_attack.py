@@ -167,7 +167,8 @@ def test_a_body_that_trickles_in_too_slowly_is_408_and_the_connection_closed(
         sock.close()
     elapsed = time.monotonic() - started
     assert status == 408 and answer["error"]["type"] == "request_timeout", answer
-    assert 0.9 <= elapsed < 3, elapsed
+    # The body timeout is 1 s: never sooner; later only by scheduling on a loaded machine.
+    assert 0.9 <= elapsed < 5, f"408 after {elapsed:.2f} s; expected 1 s (body timeout) plus scheduling"
     assert closed  # the rest of a trickling body is not read for ever
     assert not redis.exists(dedup_key("osma", "evt_slow_body"))
     assert receiver.post(body).status_code == 202  # the same event, sent promptly

@@ -20,7 +20,9 @@ def test_a_block_that_overruns_gets_timeout_error_after_its_time_rounded_up_to_a
                 await asyncio.sleep(5)
         return time.monotonic() - started
 
-    assert 0.3 <= asyncio.run(main()) < 0.6
+    took = asyncio.run(main())
+    # 0.3 s rounded up to the next 0.1 s step; the slack above is for a loaded machine.
+    assert 0.3 <= took < 1.0, f"timed out after {took:.3f} s; expected 0.3 to 0.4 s"
 
 
 def test_a_block_that_finishes_in_time_is_never_interrupted_afterwards() -> None:

@@ -269,7 +269,10 @@ def test_a_paused_redis_gets_503_within_the_redis_timeout_and_recovery_needs_no_
     assert time.monotonic() - paused_at < pause  # all answered while Redis was still paused
     assert [status for _, status, _ in results] == [503] * 20
     slowest = max(seconds for _, _, seconds in results)
-    assert slowest < REDIS_TIMEOUT + 1.0, sorted(seconds for _, _, seconds in results)
+    assert slowest < REDIS_TIMEOUT + 1.0, (
+        f"slowest 503 took {slowest:.2f} s; expected the store deadline ({REDIS_TIMEOUT} s) plus under 1 s: "
+        f"{sorted(round(seconds, 2) for _, _, seconds in results)}"
+    )
     health = receiver.http.get("/healthz", timeout=1)
     assert health.status_code == 200  # the process is up, only its store is not
 

@@ -394,7 +394,8 @@ def test_worker_requeues_a_job_it_cannot_finish(tmp_path, redis, start_receiver,
             time.sleep(1.2)  # RQ ignores a repeat within one second
             worker.signal(signal.SIGTERM)
         assert worker.wait(20) == 0
-        assert time.monotonic() - started < 10
+        stopped_in = time.monotonic() - started
+        assert stopped_in < 15, f"stopped {stopped_in:.1f} s after SIGTERM; expected about 1-2 s (grace is 25 s)"
     finally:
         worker.stop()
     queued = _queue(redis)
