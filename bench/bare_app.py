@@ -43,7 +43,7 @@ def main() -> None:
     parser.add_argument("--port", type=int, default=8000)
     parser.add_argument("--workers", type=int, default=1)
     args = parser.parse_args()
-    # Imported by name, like receiver.app:app_from_env: this file's folder is sys.path[0].
+    # Imported by name, like receiver.web.app:app_from_env: this file's folder is sys.path[0].
     uvicorn.run("bare_app:create_app", host=args.host, port=args.port, workers=args.workers, **SERVE_OPTIONS)
 
 

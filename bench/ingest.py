@@ -31,10 +31,10 @@ from typing import Any
 from cryptography.fernet import Fernet
 from redis import Redis
 
-from receiver.dedup import RQ_QUEUE_PREFIX, dedup_key
-from receiver.redis_server import RedisServer, free_port
+from receiver.model.signature import sign
 from receiver.settings import Settings
-from receiver.signature import sign
+from receiver.store.dedup import RQ_QUEUE_PREFIX, dedup_key
+from receiver.store.server import RedisServer, free_port
 
 BENCH = Path(__file__).resolve().parent
 RESULTS = BENCH / "results"

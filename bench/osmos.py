@@ -38,10 +38,10 @@ import orjson
 from cryptography.fernet import Fernet
 from redis import Redis
 
-from receiver.batches import INFLIGHT_KEY, seen_key
-from receiver.dedup import RQ_QUEUE_PREFIX
-from receiver.redis_server import RedisServer, free_port
 from receiver.settings import Settings
+from receiver.store.batches import INFLIGHT_KEY, seen_key
+from receiver.store.dedup import RQ_QUEUE_PREFIX
+from receiver.store.server import RedisServer, free_port
 
 BENCH = Path(__file__).resolve().parent
 TOKEN = "bench-osmos-token"

@@ -45,12 +45,12 @@ from rq.registry import FailedJobRegistry
 from rq.serializers import JSONSerializer
 from rq.worker import SimpleWorker
 
-from receiver.app import build_pipeline, connect_async
-from receiver.metrics import JOB_COUNTS_KEY, job_count_field
-from receiver.plugins import HandlerRegistry
-from receiver.redis_server import RedisServer
-from receiver.routes import load_config
+from receiver.model.plugins import HandlerRegistry
+from receiver.model.routes import load_config
 from receiver.settings import Settings
+from receiver.store.server import RedisServer
+from receiver.web.app import build_pipeline, connect_async
+from receiver.web.metrics import JOB_COUNTS_KEY, job_count_field
 
 BENCH = Path(__file__).resolve().parent
 RESULTS = BENCH / "results"

@@ -4,7 +4,7 @@
 
 from __future__ import annotations
 
-from receiver.plugins import HandlerGroup
+from receiver.model.plugins import HandlerGroup
 
 from . import noop, ogsm_action, ogsm_reports, osma_metadata
 

@@ -32,8 +32,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from receiver import Context, Event, HandlerGroup, Rejected
-from receiver.ledger import Effect, Result
-from receiver.watermark import Watermarks
+from receiver.store.ledger import Effect, Result
+from receiver.store.watermarks import Watermarks
 
 from .osma_metadata import entity_time, task_of, write_task_metadata
 

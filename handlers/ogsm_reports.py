@@ -30,8 +30,8 @@ from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 from receiver import Context, Event, HandlerGroup
-from receiver.ledger import Result
-from receiver.watermark import Watermarks
+from receiver.store.ledger import Result
+from receiver.store.watermarks import Watermarks
 
 PERIODS = ("day", "week", "month", "event")
 COUNT = "count"

@@ -27,11 +27,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from receiver import Context, Event, HandlerError, HandlerGroup
-from receiver.events import parse_time
 from receiver.exceptions import InvalidRequest
-from receiver.ledger import Effect, Result
-from receiver.osma_client import validate_metadata
-from receiver.watermark import Watermarks
+from receiver.model.events import parse_time
+from receiver.store.ledger import Effect, Result
+from receiver.store.watermarks import Watermarks
+from receiver.upstream.osma import validate_metadata
 
 EFFECT = "effect:"
 FIELD = "field:"

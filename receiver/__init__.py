@@ -3,8 +3,6 @@
 What a handler plugin imports from here is all there is to the plugin API.
 """
 
-from .context import Context
-from .events import Event
 from .exceptions import (
     ConfigError,
     HandlerError,
@@ -17,7 +15,9 @@ from .exceptions import (
     UpstreamError,
     VerificationError,
 )
-from .plugins import HandlerGroup
+from .model.events import Event
+from .model.plugins import HandlerGroup
+from .worker.context import Context
 
 __all__ = [
     "ConfigError",

@@ -8,6 +8,6 @@ from typing import Any
 
 def run_handler(spec: dict[str, Any]) -> None:
     """Run one handler for one event (the spec is built by `receiver.enqueue`)."""
-    from .execution import execute
+    from .worker.execution import execute
 
     execute(spec)

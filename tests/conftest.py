@@ -14,11 +14,11 @@ from hypothesis import HealthCheck, settings
 from redis import Redis
 from support import LiveServer, Receiver, env_for
 
-from receiver.app import build_state, create_app
-from receiver.plugins import HandlerRegistry
-from receiver.redis_server import RedisServer, find_redis_server
-from receiver.routes import load_config
+from receiver.model.plugins import HandlerRegistry
+from receiver.model.routes import load_config
 from receiver.settings import Settings
+from receiver.store.server import RedisServer, find_redis_server
+from receiver.web.app import build_state, create_app
 
 # Hypothesis profiles, chosen by HYPOTHESIS_PROFILE (README, "Testing"):
 # - dev (default): random examples, the failing one is kept in .hypothesis/ and tried first;

@@ -13,7 +13,7 @@ from typing import Any
 import httpx
 from support import subprocess_env
 
-from receiver.redis_server import free_port
+from receiver.store.server import free_port
 
 
 class Process:

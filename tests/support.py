@@ -13,12 +13,12 @@ import httpx
 import orjson
 from redis import Redis
 
-from receiver.app import ReceiverState
-from receiver.execution import WorkerRuntime
+from receiver.model.signature import sign
 from receiver.settings import Settings
-from receiver.signature import sign
 from receiver.testing.server import LiveServer
-from receiver.worker import run_worker
+from receiver.web.app import ReceiverState
+from receiver.worker.execution import WorkerRuntime
+from receiver.worker.runner import run_worker
 
 ROOT = Path(__file__).resolve().parent.parent
 PLUGIN_PATH = Path(__file__).resolve().parent / "plugin_path"

@@ -13,9 +13,9 @@ from capture_support import cli_env, osma_router, raw_bytes, read_lines, redis_c
 from cryptography.fernet import Fernet, InvalidToken
 from support import handled, make_event, signature_headers
 
-from receiver.capture import CAPTURE_KEY, export_captures
 from receiver.crypto import Sealer
 from receiver.settings import Secret
+from receiver.store.capture import CAPTURE_KEY, export_captures
 
 KEY_A = Fernet.generate_key().decode()
 KEY_B = Fernet.generate_key().decode()

@@ -13,9 +13,9 @@ import httpx
 import pytest
 from support import SECRET, env_for, handled, make_event, subprocess_env
 
-from receiver.redis_server import free_port
+from receiver.model.signature import SignatureVerifier
 from receiver.settings import Secret
-from receiver.signature import SignatureVerifier
+from receiver.store.server import free_port
 
 COMMANDS = ["dev", "serve", "worker", "sign", "send", "check-config", "failed"]
 

@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from receiver.deadlines import Deadline
+from receiver.web.deadlines import Deadline
 
 
 def test_a_block_that_overruns_gets_timeout_error_after_its_time_rounded_up_to_a_step() -> None:

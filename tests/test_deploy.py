@@ -23,10 +23,10 @@ import yaml
 from ops_support import Process, Server, wait_for
 from support import SECRET, subprocess_env
 
-from receiver.cli import build_parser
-from receiver.plugins import HandlerRegistry
-from receiver.redis_server import free_port
-from receiver.routes import load_config
+from receiver.cli.main import build_parser
+from receiver.model.plugins import HandlerRegistry
+from receiver.model.routes import load_config
+from receiver.store.server import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 DEPLOY = ROOT / "deploy"
@@ -135,7 +135,7 @@ def test_dockerfile_build_installs_from_exactly_the_copied_files(tmp_path):
     assert result.returncode == 0, result.stdout + result.stderr
     wheel = zipfile.ZipFile(next((tmp_path / "dist").glob("osma_router-*.whl")))
     names = wheel.namelist()
-    assert "receiver/cli.py" in names and "handlers/__init__.py" in names
+    assert "receiver/cli/__init__.py" in names and "handlers/__init__.py" in names
     entry_points = wheel.read(next(n for n in names if n.endswith("entry_points.txt"))).decode()
     assert "osma-router = receiver.cli:main" in entry_points
 

@@ -13,8 +13,8 @@ import tomllib
 import pytest
 from support import ROOT, subprocess_env
 
-from receiver.plugins import HandlerRegistry
-from receiver.routes import parse_config
+from receiver.model.plugins import HandlerRegistry
+from receiver.model.routes import parse_config
 
 DOC = ROOT / "docs" / "upstream.md"
 EXAMPLE = ROOT / "examples" / "upstream_plugin"

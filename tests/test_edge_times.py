@@ -12,8 +12,8 @@ import pytest
 from rq.registry import FailedJobRegistry
 from support import handled, make_event
 
-from receiver.events import parse_time
-from receiver.osmos import FieldSpec, RecordValidator
+from receiver.model.connectors import FieldSpec, RecordValidator
+from receiver.model.events import parse_time
 
 EDGES = ["0001-01-01T00:00+05:30", "9999-12-31T23:59-05:00", "0001-01-01T00:00:00+14:00"]
 TOKEN = "osmos-edge-token-1234"

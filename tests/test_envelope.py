@@ -10,8 +10,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from support import examples
 
-from receiver.events import parse_envelope
 from receiver.exceptions import PayloadError, RouterError
+from receiver.model.events import parse_envelope
 
 bounded = settings(max_examples=examples(300), deadline=None)
 

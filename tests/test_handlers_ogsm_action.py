@@ -6,10 +6,10 @@ from __future__ import annotations
 
 import pytest
 
-from receiver.dedup import dedup_key
 from receiver.exceptions import ConfigError
-from receiver.plugins import HandlerRegistry
-from receiver.routes import parse_config
+from receiver.model.plugins import HandlerRegistry
+from receiver.model.routes import parse_config
+from receiver.store.dedup import dedup_key
 from receiver.testing import task_event
 
 ACTION = """

@@ -6,11 +6,11 @@ from __future__ import annotations
 
 import pytest
 
-from receiver.dedup import dedup_key
 from receiver.exceptions import ConfigError
-from receiver.failed import FailedJobs
-from receiver.plugins import HandlerRegistry
-from receiver.routes import parse_config
+from receiver.model.plugins import HandlerRegistry
+from receiver.model.routes import parse_config
+from receiver.store.dedup import dedup_key
+from receiver.store.failed import FailedJobs
 from receiver.testing import task_event
 
 COUNT_MONTH = """

@@ -20,9 +20,9 @@ import pytest
 from redis import Redis
 from support import env_for, handled, subprocess_env
 
-from receiver.batches import INFLIGHT_KEY, seen_key
-from receiver.osmos_ingest import CHUNK_RECORDS
-from receiver.redis_server import RedisServer, free_port
+from receiver.store.batches import INFLIGHT_KEY, seen_key
+from receiver.store.server import RedisServer, free_port
+from receiver.web.osmos import CHUNK_RECORDS
 
 TOKEN = "osmos-test-token-1234"
 QUEUE = "rq:queue:osma-router"

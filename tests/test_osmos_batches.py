@@ -15,7 +15,11 @@ from cryptography.fernet import Fernet
 from redis import Redis
 from redis.asyncio import Redis as AsyncRedis
 
-from receiver.batches import (
+from receiver.crypto import Sealer
+from receiver.model.connectors import canonical_json, record_event_id
+from receiver.model.routes import parse_config
+from receiver.settings import Secret
+from receiver.store.batches import (
     INFLIGHT_KEY,
     BatchOutcome,
     BatchStore,
@@ -25,11 +29,7 @@ from receiver.batches import (
     lay_out_route,
     seen_key,
 )
-from receiver.crypto import Sealer
-from receiver.enqueue import JobBuilder
-from receiver.osmos import canonical_json, record_event_id
-from receiver.routes import parse_config
-from receiver.settings import Secret
+from receiver.store.enqueue import JobBuilder
 
 T = TypeVar("T")
 RECEIVED = datetime(2026, 11, 20, 10, 0, 0, 123456, tzinfo=UTC)

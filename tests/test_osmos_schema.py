@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from support import examples
 
 from receiver.exceptions import ConfigError
-from receiver.osmos import (
+from receiver.model.connectors import (
     FIELD_TYPES,
     MAX_ERROR_ENTRIES,
     FieldSpec,
@@ -24,7 +24,7 @@ from receiver.osmos import (
     parse_connectors,
     record_event_id,
 )
-from receiver.routes import load_config, parse_config
+from receiver.model.routes import load_config, parse_config
 
 ENV = {"CRM_TOKEN": "s3cret-token"}
 GOOD = {

@@ -12,7 +12,7 @@ from rq.registry import FailedJobRegistry, ScheduledJobRegistry
 from rq.serializers import JSONSerializer
 from support import handled, make_event
 
-from receiver.failed import FailedJobs
+from receiver.store.failed import FailedJobs
 
 
 def test_plugin_found_by_entry_point_receives_the_event(start_receiver, redis):

@@ -10,8 +10,8 @@ import orjson
 from redis import Redis
 from support import SECRET, examples, make_event, signature_headers
 
-from receiver.dedup import dedup_key
-from receiver.redis_server import RedisServer
+from receiver.store.dedup import dedup_key
+from receiver.store.server import RedisServer
 
 ROUTES = """
 [[routes]]
@@ -166,7 +166,7 @@ def test_a_step_failing_midway_leaves_the_event_unmarked(start_receiver, redis):
     redelivery is accepted, not a duplicate."""
     receiver = start_receiver(ROUTES)
     body = make_event(event_id="evt_atomic")
-    from receiver.routes import job_id
+    from receiver.model.routes import job_id
 
     routes = receiver.state.pipeline.router.routes
     redis.set(f"rq:job:{job_id('osma', 'evt_atomic', routes[1])}", "in the way")

@@ -12,8 +12,8 @@ from capture_support import capture_line, cli_env, osma_router, read_lines, redi
 from cryptography.fernet import Fernet
 from support import SECRET, handled, make_event
 
-from receiver.dedup import dedup_key
-from receiver.redis_server import free_port
+from receiver.store.dedup import dedup_key
+from receiver.store.server import free_port
 
 KEY = Fernet.generate_key().decode()
 ROUTES = """

@@ -20,12 +20,12 @@ from prometheus_client.multiprocess import MultiProcessCollector
 from rq.registry import FailedJobRegistry, StartedJobRegistry
 from support import env_for, handled, make_event, signature_headers, subprocess_env
 
-from receiver.dedup import dedup_key
+from receiver.dev.tls import ensure_dev_certificate, make_self_signed
 from receiver.exceptions import ConfigError
-from receiver.metrics import JOB_COUNTS_KEY
-from receiver.redis_server import free_port
 from receiver.settings import Settings
-from receiver.tls import ensure_dev_certificate, make_self_signed
+from receiver.store.dedup import dedup_key
+from receiver.store.server import free_port
+from receiver.web.metrics import JOB_COUNTS_KEY
 
 
 def tls_files(tmp_path: Path) -> tuple[Path, Path]:
@@ -395,7 +395,9 @@ def test_worker_requeues_a_job_it_cannot_finish(tmp_path, redis, start_receiver,
             worker.signal(signal.SIGTERM)
         assert worker.wait(20) == 0
         stopped_in = time.monotonic() - started
-        assert stopped_in < 15, f"stopped {stopped_in:.1f} s after SIGTERM; expected about 1-2 s (grace is 25 s)"
+        assert stopped_in < 15, (
+            f"stopped {stopped_in:.1f} s after SIGTERM; expected about 1-2 s (grace is 25 s)"
+        )
     finally:
         worker.stop()
     queued = _queue(redis)

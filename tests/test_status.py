@@ -11,7 +11,7 @@ from rq.serializers import JSONSerializer
 from rq.worker import SimpleWorker
 from support import env_for, make_event, subprocess_env
 
-from receiver.redis_server import free_port
+from receiver.store.server import free_port
 
 ROUTES = (
     '[[routes]]\non = "task.completed"\nhandler = "sample.record"\n\n'

@@ -21,8 +21,8 @@ from rq.registry import ScheduledJobRegistry, StartedJobRegistry
 from rq.serializers import JSONSerializer
 from support import env_for, signature_headers, subprocess_env
 
-from receiver.failed import FailedJobs
-from receiver.redis_server import free_port
+from receiver.store.failed import FailedJobs
+from receiver.store.server import free_port
 from receiver.testing.fake_osma import TEST_KEY
 
 QUEUE = "osma-router"

@@ -12,8 +12,8 @@ from datetime import date
 import pytest
 
 from receiver.exceptions import InvalidRequest, Rejected, Unavailable
-from receiver.ogsm_client import AsyncOgsmClient, OgsmClient
-from receiver.ratelimit import RateLimiter
+from receiver.upstream.ogsm import AsyncOgsmClient, OgsmClient
+from receiver.upstream.ratelimit import RateLimiter
 
 
 @pytest.fixture

@@ -12,10 +12,10 @@ import httpx
 import pytest
 
 from receiver.exceptions import InvalidRequest, RateLimited, Rejected, Unavailable
-from receiver.http_client import retry_after_seconds
-from receiver.osma_client import API_VERSION, AsyncOsmaClient, OsmaClient, validate_metadata
-from receiver.redis_server import free_port
+from receiver.store.server import free_port
 from receiver.testing.fake_osma import LIVE_KEY, TEST_KEY
+from receiver.upstream.http import retry_after_seconds
+from receiver.upstream.osma import API_VERSION, AsyncOsmaClient, OsmaClient, validate_metadata
 
 
 @pytest.fixture

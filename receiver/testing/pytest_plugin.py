@@ -39,14 +39,14 @@ import orjson
 import pytest
 from redis import Redis
 
-from ..app import build_state, create_app
-from ..execution import WorkerRuntime
-from ..plugins import HandlerGroup, HandlerRegistry
-from ..redis_server import RedisServer, find_redis_server
-from ..routes import load_config
+from ..model.plugins import HandlerGroup, HandlerRegistry
+from ..model.routes import load_config
+from ..model.signature import sign
 from ..settings import Settings
-from ..signature import sign
-from ..worker import run_worker
+from ..store.server import RedisServer, find_redis_server
+from ..web.app import build_state, create_app
+from ..worker.execution import WorkerRuntime
+from ..worker.runner import run_worker
 from .fake_ogsm import FakeOgsm
 from .fake_osma import TEST_KEY, FakeOsma
 from .server import LiveServer

@@ -9,7 +9,7 @@ from typing import Any, Self
 
 import uvicorn
 
-from ..redis_server import free_port
+from ..store.server import free_port
 
 
 class LiveServer:

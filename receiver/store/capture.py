@@ -1,0 +1,282 @@
+"""Capture of verified deliveries, encrypted, for export and replay.
+
+With `OSMA_ROUTER_CAPTURE=on` every verified delivery becomes one entry of a Redis
+stream, added by the receiver's admission script in the same round trip as dedup and
+enqueue (see `dedup.py`): field `d` is a Fernet token of the capture line (DESIGN.md,
+Capture file), field `dup` is `1` for a duplicate delivery. Nothing of the body, the
+headers or the event id is readable in Redis. The script trims by age (entry ids are
+Redis's clock in ms) and by count on every call, and the key expires when nothing was
+captured for the whole retention. A stream rather than a sorted set: appending costs
+Redis less than half as much per delivery, and entry ids are stable cursors for export.
+
+`osma-router capture export` decrypts the kept deliveries into the capture file (or, with
+`--encrypted`, writes one Fernet token a line); `osma-router capture status` counts them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import IO, Any
+
+import orjson
+from redis import Redis
+
+from ..crypto import Sealer
+from ..exceptions import ConfigError, PermanentError
+from ..model.capture_file import Selection, capture_line, parse_cli_time
+from ..model.events import parse_time
+from ..settings import Settings
+
+CAPTURE_KEY = "osma_router:capture"
+_DUPLICATE_SUFFIX = b',"duplicate":true}'
+_READ_CHUNK = 500
+_PLAIN_HEADERS = frozenset((b"content-type", b"user-agent"))
+
+
+def kept_headers(headers: Sequence[tuple[bytes, bytes]]) -> dict[str, str]:
+    """content-type, user-agent and `osma-*` headers, never the signature (DESIGN.md).
+
+    Names arrive lowercased (ASGI); only the kept ones are decoded.
+    """
+    kept: dict[str, str] = {}
+    for raw_name, raw_value in headers:
+        if raw_name in _PLAIN_HEADERS or (raw_name.startswith(b"osma-") and raw_name != b"osma-signature"):
+            name, value = raw_name.decode("latin-1"), raw_value.decode("latin-1")
+            kept[name] = f"{kept[name]}, {value}" if name in kept else value
+    return kept
+
+
+@dataclass(slots=True)  # not frozen: built once per delivery, and frozen costs on the hot path
+class CaptureWrite:
+    """What the admission script writes for one captured delivery."""
+
+    key: str
+    token: str
+    min_id_ms: int  # entries older than this go
+    max_count: int
+    ttl_ms: int
+
+
+class CaptureWriter:
+    """Seals deliveries for the admission script; one per receiver process."""
+
+    def __init__(
+        self, sealer: Sealer, max_age: float, max_count: int, clock: Callable[[], float] = time.time
+    ) -> None:
+        self.sealer = sealer
+        self.max_age_ms = max(1, int(max_age * 1000))
+        self.max_count = max_count
+        self.clock = clock  # wall time, as Redis stamps entry ids (not the receiver's test clock)
+
+    def __repr__(self) -> str:
+        return f"CaptureWriter(max_age_ms={self.max_age_ms}, max_count={self.max_count})"
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> CaptureWriter | None:
+        if not settings.capture:
+            return None
+        return cls(Sealer(settings.encryption_keys), settings.capture_max_age, settings.capture_max_count)
+
+    def write(
+        self, source: str, body: bytes, received_at: datetime, headers: Sequence[tuple[bytes, bytes]]
+    ) -> CaptureWrite | None:
+        try:
+            line = capture_line(received_at, source, kept_headers(headers), body)
+        except UnicodeDecodeError:  # cannot happen for a parsed body; never fail a delivery for it
+            return None
+        return CaptureWrite(
+            key=CAPTURE_KEY,
+            token=self.sealer.seal(line),
+            min_id_ms=int(self.clock() * 1000) - self.max_age_ms,
+            max_count=self.max_count,
+            ttl_ms=self.max_age_ms,
+        )
+
+
+@dataclass(frozen=True)
+class StoredCapture:
+    """One entry of the capture stream, still sealed."""
+
+    entry_id: bytes
+    token: bytes
+    duplicate: bool
+
+
+def stored_captures(redis: Redis, *, chunk: int = _READ_CHUNK) -> Iterator[StoredCapture]:
+    """Every entry, oldest first, read in chunks after the last id seen (so entries
+    added or trimmed meanwhile shift nothing)."""
+    low = "-"
+    while True:
+        rows: list[tuple[bytes, dict[bytes, bytes]]] = redis.xrange(  # type: ignore[assignment]
+            CAPTURE_KEY, min=low, max="+", count=chunk
+        )
+        if not rows:
+            return
+        for entry_id, fields in rows:
+            yield StoredCapture(entry_id, fields.get(b"d", b""), fields.get(b"dup") == b"1")
+        low = "(" + rows[-1][0].decode()
+
+
+def event_type_of(line: dict[str, Any]) -> str | None:
+    """The `type` of a capture line's body, or None when the body is not an event."""
+    try:
+        payload = orjson.loads(line["body"])
+    except (orjson.JSONDecodeError, KeyError, TypeError):
+        return None
+    value = payload.get("type") if isinstance(payload, dict) else None
+    return value if isinstance(value, str) else None
+
+
+@dataclass
+class ExportReport:
+    written: int = 0
+    unreadable: int = 0
+
+
+def export_captures(
+    redis: Redis,
+    sealer: Sealer,
+    out: IO[bytes],
+    selection: Selection | None = None,
+    *,
+    encrypted: bool = False,
+    max_age: float | None = None,
+    now: datetime | None = None,
+) -> ExportReport:
+    """Write the kept deliveries `selection` selects (by type and received time) as lines."""
+    report = ExportReport()
+    selection = selection or Selection()
+    now = now or datetime.now(UTC)
+    floor = None if max_age is None else now.timestamp() - max_age
+    for stored in stored_captures(redis):
+        # Trimming happens on writes: an idle capture may still hold older entries.
+        if floor is not None and int(stored.entry_id.split(b"-")[0]) < floor * 1000:
+            continue
+        try:
+            plain = sealer.open(stored.token)
+            line = orjson.loads(plain)
+        except (PermanentError, orjson.JSONDecodeError):
+            report.unreadable += 1
+            continue
+        received = parse_time(line.get("received_at")) or now
+        if not selection.time_ok(received) or not selection.type_ok(event_type_of(line) or ""):
+            continue
+        if stored.duplicate:
+            plain = plain[:-1] + _DUPLICATE_SUFFIX
+        out.write((sealer.seal(plain).encode("ascii") if encrypted else plain) + b"\n")
+        report.written += 1
+    return report
+
+
+def _open_output(name: str) -> IO[bytes]:
+    if name == "-":
+        return sys.stdout.buffer
+    try:
+        # The decrypted file holds health data: readable by its owner only.
+        fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    except OSError as exc:
+        raise ConfigError(f"{name}: cannot write: {exc.strerror}") from None
+    return os.fdopen(fd, "wb")
+
+
+def _connect(settings: Settings) -> tuple[Redis, Sealer]:
+    if not settings.encryption_keys:
+        raise ConfigError(
+            "OSMA_ROUTER_ENCRYPTION_KEYS is not set: captured deliveries are encrypted, "
+            "give the key(s) they were sealed with"
+        )
+    return Redis.from_url(settings.require_redis_url()), Sealer(settings.encryption_keys)
+
+
+def cmd_capture_export(args: argparse.Namespace) -> int:
+    settings = Settings.from_env()
+    selection = Selection(
+        types=tuple(args.type or ()),
+        since=parse_cli_time("--since", args.since) if args.since else None,
+        until=parse_cli_time("--until", args.until) if args.until else None,
+    )
+    redis, sealer = _connect(settings)
+    out = _open_output(args.file)
+    try:
+        report = export_captures(
+            redis, sealer, out, selection, encrypted=args.encrypted, max_age=settings.capture_max_age
+        )
+    finally:
+        if out is not sys.stdout.buffer:
+            out.close()
+        redis.close()
+    where = "standard output" if args.file == "-" else args.file
+    kind = "encrypted line(s)" if args.encrypted else "delivery(ies)"
+    print(f"exported {report.written} {kind} to {where}", file=sys.stderr)
+    if report.unreadable:
+        from ..cli.main import fail
+
+        return fail(
+            f"{report.unreadable} captured delivery(ies) could not be decrypted with "
+            "OSMA_ROUTER_ENCRYPTION_KEYS (was a key removed too early?)"
+        )
+    return 0
+
+
+def cmd_capture_status(args: argparse.Namespace) -> int:
+    settings = Settings.from_env()
+    redis = Redis.from_url(settings.require_redis_url())
+    try:
+        count = int(redis.xlen(CAPTURE_KEY))
+        oldest: list[tuple[bytes, Any]] = redis.xrange(CAPTURE_KEY, count=1)  # type: ignore[assignment]
+        newest: list[tuple[bytes, Any]] = redis.xrevrange(CAPTURE_KEY, count=1)  # type: ignore[assignment]
+    finally:
+        redis.close()
+    print(
+        f"capture: {'on' if settings.capture else 'off'} "
+        f"(keeps {settings.capture_max_age:g} s, at most {settings.capture_max_count} deliveries)"
+    )
+    print(f"kept deliveries: {count}")
+    for label, rows in (("oldest", oldest), ("newest", newest)):
+        if rows:
+            moment = datetime.fromtimestamp(int(rows[0][0].split(b"-")[0]) / 1000, UTC)
+            print(f"{label}: {moment.isoformat()}")
+    return 0
+
+
+def add_commands(sub: Any) -> None:
+    """`osma-router capture export | status`."""
+    from ..cli.main import add_command
+
+    parser = add_command(
+        sub,
+        "capture",
+        lambda a: 0,
+        "export or count the captured deliveries (kept encrypted in Redis when OSMA_ROUTER_CAPTURE=on)",
+    )
+    actions = parser.add_subparsers(dest="capture_command", metavar="ACTION")
+    actions.required = True
+    export_help = (
+        "write the kept deliveries, decrypted, as the capture file (one JSON object a "
+        "line); --encrypted writes Fernet tokens instead"
+    )
+    export = actions.add_parser("export", help=export_help, description=export_help)
+    export.add_argument("file", metavar="FILE.jsonl", help="where to write ('-' for standard output)")
+    export.add_argument("--since", metavar="ISO", help="only deliveries received at or after this time")
+    export.add_argument("--until", metavar="ISO", help="only deliveries received before this time")
+    export.add_argument(
+        "--type",
+        action="append",
+        metavar="T",
+        help="only events of this type ('task.*' and '*' work; repeatable)",
+    )
+    export.add_argument(
+        "--encrypted",
+        action="store_true",
+        help="write one Fernet token (under the newest key) a line instead of clear JSON",
+    )
+    export.set_defaults(func=cmd_capture_export)
+    status_help = "how many deliveries are kept, the oldest and the newest"
+    status = actions.add_parser("status", help=status_help, description=status_help)
+    status.set_defaults(func=cmd_capture_status)

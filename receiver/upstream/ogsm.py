@@ -1,0 +1,256 @@
+"""The OGSM API client (`ogsm-api.txt`, `ogsm-api-actions.txt`), sync and async.
+
+```python
+ogsm = OgsmClient("https://acme.ogsm.online/api/v2", "api-user", "secret")
+report = ogsm.indicator_reports.create(456, "2024-10-01", 3)      # {"id": ..., ...}
+ogsm.indicator_reports.list(indicator_id=456, at="2024-10-01")   # filtered here, not upstream
+action = ogsm.actions.create({"title": "Call Daisy", "strategies": [{"id": 7}]})
+ogsm.actions.update(action["id"], {"progress": 100, "status": {"name": "done"}})
+```
+
+Basic auth, JSON bodies sent as `application/json`, `.json` paths. OGSM has no
+idempotency support: a POST that is sent twice creates two resources, which is why the
+built-in handlers go through the effects ledger (`receiver/ledger.py`).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping
+from datetime import date, datetime
+from typing import Any, Generic, Self, TypeVar
+
+import httpx
+import orjson
+
+from ..exceptions import InvalidRequest
+from .http import JSON, AsyncSender, Call, HTTPCore, SyncSender, segment
+
+R = TypeVar("R")  # what one call gives: a JSON value, or an awaitable of one
+
+
+def iso_date(value: date | str) -> str:
+    """`YYYY-MM-DD`, as OGSM's `at` wants it."""
+    if isinstance(value, datetime):
+        value = value.date()
+    if isinstance(value, date):
+        return value.isoformat()
+    if isinstance(value, str) and len(value) == 10:
+        try:
+            return date.fromisoformat(value).isoformat()
+        except ValueError:
+            pass
+    raise InvalidRequest(f"`at` must be a date as YYYY-MM-DD, got {value!r}")
+
+
+def check_value(value: object) -> float | int:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise InvalidRequest("a measurement's current_value must be a finite number")
+    return value
+
+
+def describe_ogsm_error(response: httpx.Response) -> str:
+    """The reason phrase, and OGSM's `error`/`errors` field when the body has one."""
+    reason = response.reason_phrase or "error"
+    try:
+        body = orjson.loads(response.content)
+    except orjson.JSONDecodeError:
+        return reason
+    detail = body.get("errors", body.get("error")) if isinstance(body, dict) else None
+    return f"{reason}: {orjson.dumps(detail).decode()[:300]}" if detail else reason
+
+
+def _where(**wanted: Any) -> Callable[[JSON], JSON]:
+    """A client-side filter of a list answer: OGSM documents no query parameters."""
+
+    def matches(item: Any) -> bool:
+        for path, expected in wanted.items():
+            value = item
+            for part in path.split("."):
+                value = value.get(part) if isinstance(value, dict) else None
+            if value != expected:
+                return False
+        return True
+
+    def keep(items: JSON) -> JSON:
+        return (
+            [item for item in items if isinstance(item, dict) and matches(item)]
+            if isinstance(items, list)
+            else items
+        )
+
+    return keep
+
+
+class _API(Generic[R]):
+    def _send(self, call: Call) -> R:
+        raise NotImplementedError
+
+
+class ListResource(Generic[R]):
+    """A resource OGSM lets us read: `GET /<name>.json` gives all of them as an array."""
+
+    def __init__(self, api: _API[R], name: str) -> None:
+        self._api = api
+        self.name = name
+
+    def list(self) -> R:
+        return self._api._send(Call("GET", f"{self.name}.json", f"GET /{self.name}"))
+
+
+class ReportResource(ListResource[R]):
+    """Measurements of a goal (`goal_reports`) or of a KPI (`indicator_reports`)."""
+
+    def __init__(self, api: _API[R], target: str) -> None:
+        super().__init__(api, f"{target}_reports")
+        self.target = target
+
+    def list(self, target_id: int | None = None, *, at: date | str | None = None) -> R:
+        """All measurements; with `target_id` / `at`, only those of that goal or KPI and date."""
+        wanted: dict[str, Any] = {}
+        if target_id is not None:
+            wanted[f"{self.target}.id"] = target_id
+        if at is not None:
+            wanted["at"] = iso_date(at)
+        return self._api._send(
+            Call(
+                "GET",
+                f"{self.name}.json",
+                f"GET /{self.name}",
+                transform=_where(**wanted) if wanted else None,
+            )
+        )
+
+    def create(self, target_id: int, at: date | str, value: float) -> R:
+        body = {
+            f"{self.target}_report": {
+                self.target: {"id": target_id},
+                "at": iso_date(at),
+                "current_value": check_value(value),
+            }
+        }
+        return self._api._send(Call("POST", f"{self.name}.json", f"POST /{self.name}", json=body))
+
+
+class ActionResource(ListResource[R]):
+    """Actions: list, create, `PATCH actions/<id>.json`, `DELETE actions/<id>.json`."""
+
+    def __init__(self, api: _API[R]) -> None:
+        super().__init__(api, "actions")
+
+    def create(self, fields: Mapping[str, Any]) -> R:
+        return self._api._send(Call("POST", "actions.json", "POST /actions", json={"action": dict(fields)}))
+
+    def update(self, action_id: int | str, fields: Mapping[str, Any]) -> R:
+        return self._api._send(
+            Call(
+                "PATCH",
+                f"actions/{segment(action_id)}.json",
+                "PATCH /actions/:id",
+                json={"action": dict(fields)},
+            )
+        )
+
+    def delete(self, action_id: int | str) -> R:
+        return self._api._send(Call("DELETE", f"actions/{segment(action_id)}.json", "DELETE /actions/:id"))
+
+
+class _OgsmAPI(_API[R]):
+    def __init__(self) -> None:
+        self.objectives: ListResource[R] = ListResource(self, "objectives")
+        self.goals: ListResource[R] = ListResource(self, "goals")
+        self.strategies: ListResource[R] = ListResource(self, "strategies")
+        self.indicators: ListResource[R] = ListResource(self, "indicators")
+        self.goal_reports: ReportResource[R] = ReportResource(self, "goal")
+        self.indicator_reports: ReportResource[R] = ReportResource(self, "indicator")
+        self.actions: ActionResource[R] = ActionResource(self)
+
+    def reports(self, target: str) -> ReportResource[R]:
+        """`goal_reports` or `indicator_reports` by the target's kind (`"goal"`, `"indicator"`)."""
+        if target == "goal":
+            return self.goal_reports
+        if target == "indicator":
+            return self.indicator_reports
+        raise ValueError(f"no reports of {target!r}")
+
+
+def ogsm_core(
+    base_url: str,
+    username: str,
+    password: str,
+    timeout: float | httpx.Timeout | None,
+    max_inline_wait: float | None,
+) -> HTTPCore:
+    if not base_url or not username or not password:
+        raise InvalidRequest("the OGSM client needs a base URL, a username and a password")
+    return HTTPCore(
+        upstream="ogsm",
+        base_url=base_url,
+        auth=(username, password),
+        headers={"accept": "application/json", "user-agent": "osma-router"},
+        timeout=timeout,
+        max_inline_wait=max_inline_wait,
+        describe_error=describe_ogsm_error,
+    )
+
+
+class OgsmClient(_OgsmAPI[JSON]):
+    """The OGSM API, blocking. See the module docstring."""
+
+    def __init__(
+        self,
+        base_url: str,
+        username: str,
+        password: str,
+        *,
+        timeout: float | httpx.Timeout | None = None,
+        max_inline_wait: float | None = None,
+        transport: httpx.BaseTransport | None = None,
+    ) -> None:
+        super().__init__()
+        self._sender = SyncSender(
+            ogsm_core(base_url, username, password, timeout, max_inline_wait), transport
+        )
+
+    def _send(self, call: Call) -> JSON:
+        return self._sender.send(call)
+
+    def close(self) -> None:
+        self._sender.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class AsyncOgsmClient(_OgsmAPI[Any]):
+    """The OGSM API for `async def` handlers: every call is awaited."""
+
+    def __init__(
+        self,
+        base_url: str,
+        username: str,
+        password: str,
+        *,
+        timeout: float | httpx.Timeout | None = None,
+        max_inline_wait: float | None = None,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        super().__init__()
+        self._sender = AsyncSender(
+            ogsm_core(base_url, username, password, timeout, max_inline_wait), transport
+        )
+
+    def _send(self, call: Call) -> Any:
+        return self._sender.send(call)
+
+    async def aclose(self) -> None:
+        await self._sender.aclose()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()

@@ -1,0 +1,1 @@
+"""The receiver's HTTP surface: the webhook and Osmos endpoints, health, metrics, OpenAPI."""

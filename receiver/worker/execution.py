@@ -1,0 +1,156 @@
+"""Running one handler job inside a worker: rebuild the event, call the handler, and
+turn its failure into RQ's retry decision (DESIGN.md, Retries)."""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, ClassVar
+
+import orjson
+from redis import Redis
+from rq.job import Job, get_current_job
+
+from ..crypto import Sealer
+from ..exceptions import ConfigError, PermanentError, RateLimited, is_retryable
+from ..logs import ContextLogger
+from ..model.events import Event, build_event, parse_time
+from ..model.plugins import HandlerRegistry
+from ..model.routes import Config, load_config
+from ..settings import Settings
+from .clients import Upstream
+from .context import Context
+
+log = logging.getLogger("osma_router.worker")
+
+
+@dataclass
+class WorkerRuntime:
+    """What every job of a worker process shares; built once, at worker start."""
+
+    settings: Settings
+    registry: HandlerRegistry
+    config: Config
+    redis: Redis
+    sealer: Sealer | None = None
+    loop: asyncio.AbstractEventLoop = field(default_factory=asyncio.new_event_loop)
+    upstream: Upstream = field(init=False)
+
+    def __post_init__(self) -> None:
+        # The Osma / OGSM clients and their connections, shared by this process's jobs.
+        self.upstream = Upstream(self.settings, self.redis)
+
+    _current: ClassVar[WorkerRuntime | None] = None  # one per process, set by the worker
+
+    @classmethod
+    def build(
+        cls, settings: Settings, redis: Redis, registry: HandlerRegistry | None = None
+    ) -> WorkerRuntime:
+        registry = registry or HandlerRegistry.discover()
+        config = load_config(settings.config_path, registry)
+        sealer = Sealer(settings.encryption_keys) if settings.encryption_keys else None
+        return cls(settings=settings, registry=registry, config=config, redis=redis, sealer=sealer)
+
+    @classmethod
+    def install(cls, runtime: WorkerRuntime) -> None:
+        from ..upstream.http import record_stats_in
+
+        WorkerRuntime._current = runtime
+        record_stats_in(runtime.redis)
+
+    @classmethod
+    def current(cls) -> WorkerRuntime:
+        if WorkerRuntime._current is None:
+            settings = Settings.from_env()
+            redis = Redis.from_url(settings.require_redis_url())
+            WorkerRuntime._current = cls.build(settings, redis)
+        return WorkerRuntime._current
+
+    def open_body(self, spec: Mapping[str, Any]) -> bytes:
+        if "sealed" in spec or "sealed_line" in spec:
+            if self.sealer is None:
+                raise PermanentError(
+                    "this job's event is encrypted but OSMA_ROUTER_ENCRYPTION_KEYS is not set on the worker"
+                )
+            if "sealed_line" in spec:  # capture on: the token holds the capture line, body inside
+                return str(orjson.loads(self.sealer.open(spec["sealed_line"]))["body"]).encode("utf-8")
+            return self.sealer.open(spec["sealed"])
+        return str(spec["body"]).encode("utf-8")
+
+
+def event_from_spec(spec: Mapping[str, Any], body: bytes) -> Event:
+    received_at = parse_time(spec.get("received_at")) or datetime.now().astimezone()
+    return build_event(orjson.loads(body), source=str(spec["source"]), received_at=received_at)
+
+
+def execute(spec: Mapping[str, Any], runtime: WorkerRuntime | None = None) -> None:
+    runtime = runtime or WorkerRuntime.current()
+    job = get_current_job()
+    route = spec["route"]
+    attempt = _attempt(job)
+    try:
+        body = runtime.open_body(spec)
+        event = event_from_spec(spec, body)
+        try:
+            handler = runtime.registry.get(route["handler"])
+            params = handler.check_params(route.get("params", {}))
+        except ConfigError as exc:
+            raise PermanentError(str(exc)) from None
+        pinned = spec.get("clock") == "received_at"
+        ctx = Context(
+            event_id=event.id,
+            handler=handler.name,
+            route_key=str(route["key"]),
+            params=params,
+            settings=runtime.settings,
+            redis=runtime.redis,
+            job_id=job.id if job else "",
+            attempt=attempt,
+            upstream=runtime.upstream,
+            log=ContextLogger(
+                logging.getLogger("osma_router.handler"),
+                {"event_id": event.id, "handler": handler.name, "job_id": job.id if job else None},
+            ),
+        )
+        if pinned:
+            ctx.clock = lambda: event.received_at
+        result = handler.func(event, ctx)
+        if inspect.isawaitable(result):
+            runtime.loop.run_until_complete(result)
+    except BaseException as exc:
+        if job is not None:
+            _record_failure(job, exc, attempt)
+        raise
+
+
+def _attempt(job: Job | None) -> int:
+    """1 on the first run; failures record their attempt in the job's meta."""
+    if job is None:
+        return 1
+    return int(job.meta.get("attempts", 0)) + 1
+
+
+def _record_failure(job: Job, exc: BaseException, attempt: int) -> None:
+    """Shape RQ's retry decision to our policy and keep a one-line reason for `failed list`."""
+    if not is_retryable(exc):
+        job.retries_left = 0  # RQ then moves the job to the failed registry at once
+    elif isinstance(exc, RateLimited) and job.retries_left and job.retry_intervals:
+        intervals = list(job.retry_intervals)
+        index = max(len(intervals) - job.retries_left, 0)
+        if index < len(intervals):
+            intervals[index] = max(intervals[index], math.ceil(exc.retry_after))
+            job.retry_intervals = intervals
+    message = str(exc).splitlines()[0] if str(exc) else ""
+    kind = type(exc).__name__
+    job.meta["attempts"] = attempt
+    job.meta["last_error"] = f"{kind}: {message}"[:500]
+    job.meta["retrying"] = bool(job.retries_left)
+    try:
+        job.save_meta()  # type: ignore[no-untyped-call]
+    except Exception:  # the retry bookkeeping below still happens through RQ
+        log.warning("could not save the failure reason of a job", extra={"job_id": job.id})
