@@ -31,9 +31,9 @@ from typing import Any
 from cryptography.fernet import Fernet
 from redis import Redis
 
+from receiver.keys import RQ_QUEUE_PREFIX, dedup_key
 from receiver.model.signature import sign
 from receiver.settings import Settings
-from receiver.store.dedup import RQ_QUEUE_PREFIX, dedup_key
 from receiver.store.server import RedisServer, free_port
 
 BENCH = Path(__file__).resolve().parent

@@ -38,9 +38,8 @@ import orjson
 from cryptography.fernet import Fernet
 from redis import Redis
 
+from receiver.keys import OSMOS_INFLIGHT_KEY, RQ_QUEUE_PREFIX, osmos_seen_key
 from receiver.settings import Settings
-from receiver.store.batches import INFLIGHT_KEY, seen_key
-from receiver.store.dedup import RQ_QUEUE_PREFIX
 from receiver.store.server import RedisServer, free_port
 
 BENCH = Path(__file__).resolve().parent
@@ -179,9 +178,9 @@ def post(url: str, body: bytes, timeout: float) -> httpx.Response:
 
 def check_store(redis: Redis, records: int, routes: int) -> dict[str, Any]:
     queued = redis.llen(RQ_QUEUE_PREFIX + Settings.queue_name)
-    seen = redis.zcard(seen_key("crm"))
+    seen = redis.zcard(osmos_seen_key("crm"))
     staging = sum(1 for _ in redis.scan_iter(match="osma_router:osmos:batch:*", count=10_000))
-    staging += redis.zcard(INFLIGHT_KEY)
+    staging += redis.zcard(OSMOS_INFLIGHT_KEY)
     check = {
         "queued": queued,
         "expected_queued": records * routes,

@@ -45,12 +45,13 @@ from rq.registry import FailedJobRegistry
 from rq.serializers import JSONSerializer
 from rq.worker import SimpleWorker
 
+from receiver.keys import JOB_COUNTS_KEY, job_count_field
 from receiver.model.plugins import HandlerRegistry
 from receiver.model.routes import load_config
 from receiver.settings import Settings
+from receiver.store.connection import connect_async
+from receiver.store.pipeline import build_pipeline
 from receiver.store.server import RedisServer
-from receiver.web.app import build_pipeline, connect_async
-from receiver.web.metrics import JOB_COUNTS_KEY, job_count_field
 
 BENCH = Path(__file__).resolve().parent
 RESULTS = BENCH / "results"
@@ -105,7 +106,7 @@ def queue_router_jobs(settings: Settings, count: int, tag: str) -> None:
     config = load_config(settings.config_path, HandlerRegistry.discover())
 
     async def admit_all() -> None:
-        redis = connect_async(settings.require_redis_url())
+        redis = connect_async(settings, "receiver")
         pipeline = build_pipeline(settings, config, redis)
         received_at = datetime.now(UTC)
         gate = asyncio.Semaphore(ADMIT_CONCURRENCY)

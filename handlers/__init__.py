@@ -4,7 +4,7 @@
 
 from __future__ import annotations
 
-from receiver.model.plugins import HandlerGroup
+from receiver import HandlerGroup
 
 from . import noop, ogsm_action, ogsm_reports, osma_metadata
 

@@ -31,9 +31,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from receiver import Context, Event, HandlerGroup, Rejected
-from receiver.store.ledger import Effect, Result
-from receiver.store.watermarks import Watermarks
+from receiver import Context, Effect, EffectResult, Event, HandlerGroup, Rejected, Watermarks
 
 from .osma_metadata import entity_time, task_of, write_task_metadata
 
@@ -135,10 +133,10 @@ class ActionSync:
             **self.status_fields(),
         }
 
-        def post() -> Result:
+        def post() -> EffectResult:
             return {"id": self.actions.create(fields)["id"]}
 
-        def reconcile(intent: Any, claimed: Any) -> Result | None:
+        def reconcile(intent: Any, claimed: Any) -> EffectResult | None:
             for action in self.actions.list():
                 if (
                     str(action.get("id")) not in claimed
@@ -164,7 +162,7 @@ class ActionSync:
             )
 
     def remove(self, action_id: str) -> None:
-        def act() -> Result:
+        def act() -> EffectResult:
             try:
                 if self.params.on_delete == "delete":
                     self.actions.delete(action_id)

@@ -29,9 +29,7 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
-from receiver import Context, Event, HandlerGroup
-from receiver.store.ledger import Result
-from receiver.store.watermarks import Watermarks
+from receiver import Context, EffectResult, Event, HandlerGroup, Watermarks
 
 PERIODS = ("day", "week", "month", "event")
 COUNT = "count"
@@ -162,14 +160,14 @@ def post_measurement(event: Event, ctx: Context, target: str, target_id: int) ->
             marks.advance(order_mark, float(posted) if params.value == COUNT else order)
 
 
-def create(ctx: Context, target: str, target_id: int, at: str, value: float) -> Result:
+def create(ctx: Context, target: str, target_id: int, at: str, value: float) -> EffectResult:
     report = ctx.ogsm.reports(target).create(target_id, at, value)
     return {"id": report.get("id") if isinstance(report, dict) else None, "value": value}
 
 
 def find(
     ctx: Context, target: str, target_id: int, at: str, claimed: Collection[str], value: Any
-) -> Result | None:
+) -> EffectResult | None:
     """A measurement of that target, date and value that no other effect has claimed."""
     for report in ctx.ogsm.reports(target).list(target_id, at=at):
         if report.get("current_value") == value and str(report.get("id")) not in claimed:

@@ -26,12 +26,18 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from receiver import Context, Event, HandlerError, HandlerGroup
-from receiver.exceptions import InvalidRequest
-from receiver.model.events import parse_time
-from receiver.store.ledger import Effect, Result
-from receiver.store.watermarks import Watermarks
-from receiver.upstream.osma import validate_metadata
+from receiver import (
+    Context,
+    Effect,
+    EffectResult,
+    Event,
+    HandlerError,
+    HandlerGroup,
+    InvalidRequest,
+    Watermarks,
+    parse_time,
+    validate_metadata,
+)
 
 EFFECT = "effect:"
 FIELD = "field:"
@@ -86,7 +92,7 @@ def write_task_metadata(
     key = ctx.idempotency_key(step)
     body = {"metadata": {k: str(v) for k, v in metadata.items()}}
 
-    def update() -> Result:
+    def update() -> EffectResult:
         task = ctx.osma.tasks.update(task_id, body, idempotency_key=key)
         return {"id": task.get("id") if isinstance(task, dict) else task_id}
 

@@ -7,12 +7,16 @@ RouterError
 │   ├── VerificationError  signature / timestamp / Osmos auth header: 401, never retried
 │   │   └── Unauthorized
 │   ├── PayloadError       body not JSON, missing id/type, schema mismatch: 4xx
+│   │   ├── InvalidRecords         422, Osmos records that break the schema (names them)
 │   │   ├── UnsupportedMediaType   415
 │   │   └── TooManyRecords         413
 │   ├── BodyTooLarge       413, counted while the body streams in
 │   ├── RequestTimeout     408, the body did not arrive in time
 │   ├── UnknownConnector   404
 │   └── StoreUnavailable   503: Redis could not store it, the sender retries
+├── StoreError             Redis could not store an event or a batch: the endpoint answers 503
+│   └── StagingLost        an Osmos batch's staged records are gone (swept, or a shared job removed)
+├── NoSuchFailedJob        `failed show/retry` of an id that is not in the failed registry
 ├── HandlerError           a plugin failed: retried per its policy
 │   └── PermanentError     a plugin says retrying cannot help: failed at once
 │       ├── InvalidRequest       a request a client refuses to send (metadata over Osma's limits, ...)
@@ -23,11 +27,16 @@ RouterError
     └── Rejected           other 4xx: do not retry, dead-letter with the body
 ```
 
-Each HTTP-facing error carries the `type` string of DESIGN.md's error table, so the
+Each HTTP-facing error carries the `type` string of the error table (docs/contract.md), so the
 receiver turns any of them into `{"error": {"type": ..., "message": ...}}` the same way.
 """
 
 from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import orjson
 
 
 class RouterError(Exception):
@@ -69,6 +78,31 @@ class Unauthorized(VerificationError):
     error_type = "unauthorized"
 
 
+class InvalidRecords(PayloadError):
+    """Osmos records break the schema, or the body is not an object or an array of objects.
+
+    `records` are the bad fields as JSON objects (`{"index", "field", "message"}`), at most
+    1,000 of them; `more` counts the rest. Nothing of the batch was stored.
+    """
+
+    status_code = 422
+    error_type = "invalid_records"
+
+    def __init__(self, message: str, records: Sequence[Mapping[str, Any]], more: int = 0) -> None:
+        super().__init__(message)
+        self.records = list(records)
+        self.more = more
+
+    def body(self) -> bytes:
+        answer: dict[str, Any] = {
+            "error": {"type": self.error_type, "message": self.message},
+            "records": self.records,
+        }
+        if self.more:
+            answer["more"] = self.more
+        return orjson.dumps(answer)
+
+
 class UnsupportedMediaType(PayloadError):
     status_code = 415
     error_type = "unsupported_media_type"
@@ -99,6 +133,18 @@ class StoreUnavailable(HTTPFacingError):
 
     status_code = 503
     error_type = "unavailable"
+
+
+class StoreError(RouterError):
+    """Redis could not store an event or a batch (refused, went away, timed out)."""
+
+
+class StagingLost(StoreError):
+    """What was staged is gone (swept as abandoned, or a shared job hash removed): answer 503."""
+
+
+class NoSuchFailedJob(RouterError):
+    """No failed job has that id."""
 
 
 class HandlerError(RouterError):
@@ -143,5 +189,5 @@ class Rejected(UpstreamError):
 
 
 def is_retryable(exc: BaseException) -> bool:
-    """Whether a failed job should be tried again (DESIGN.md, Retries)."""
+    """Whether a failed job should be tried again (docs/contract.md, "Retries")."""
     return not isinstance(exc, (Rejected, PermanentError, ConfigError, PayloadError))

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from .worker.execution import execute
+
 
 def run_handler(spec: dict[str, Any]) -> None:
-    """Run one handler for one event (the spec is built by `receiver.enqueue`)."""
-    from .worker.execution import execute
-
+    """Run one handler for one event (the spec is built by `receiver.store.enqueue`)."""
     execute(spec)

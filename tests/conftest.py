@@ -18,7 +18,8 @@ from receiver.model.plugins import HandlerRegistry
 from receiver.model.routes import load_config
 from receiver.settings import Settings
 from receiver.store.server import RedisServer, find_redis_server
-from receiver.web.app import build_state, create_app
+from receiver.web.app import create_app
+from receiver.web.state import build_state
 
 # Hypothesis profiles, chosen by HYPOTHESIS_PROFILE (README, "Testing"):
 # - dev (default): random examples, the failing one is kept in .hypothesis/ and tried first;

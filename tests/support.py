@@ -16,7 +16,7 @@ from redis import Redis
 from receiver.model.signature import sign
 from receiver.settings import Settings
 from receiver.testing.server import LiveServer
-from receiver.web.app import ReceiverState
+from receiver.web.state import ReceiverState
 from receiver.worker.execution import WorkerRuntime
 from receiver.worker.runner import run_worker
 

@@ -20,8 +20,8 @@ from redis import Redis
 from schemathesis.specs.openapi.checks import positive_data_acceptance
 from support import SECRET, Receiver, examples, handled, make_event, signature_headers
 
+from receiver.keys import dedup_key
 from receiver.model.signature import sign
-from receiver.store.dedup import dedup_key
 from receiver.web.app import create_app
 from receiver.web.openapi import SPEC
 

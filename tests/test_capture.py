@@ -14,8 +14,9 @@ from cryptography.fernet import Fernet, InvalidToken
 from support import handled, make_event, signature_headers
 
 from receiver.crypto import Sealer
+from receiver.keys import CAPTURE_KEY
 from receiver.settings import Secret
-from receiver.store.capture import CAPTURE_KEY, export_captures
+from receiver.store.capture import export_captures
 
 KEY_A = Fernet.generate_key().decode()
 KEY_B = Fernet.generate_key().decode()

@@ -40,15 +40,17 @@ from rq.registry import FailedJobRegistry
 from rq.serializers import JSONSerializer
 from support import Receiver, env_for, handled, make_event, signature_headers, subprocess_env
 
+from receiver.keys import dedup_key
 from receiver.model.plugins import HandlerRegistry
 from receiver.model.routes import job_id, load_config
 from receiver.settings import Settings
-from receiver.store.dedup import dedup_key
+from receiver.store.connection import REDIS_TIMEOUT
 from receiver.store.failed import FailedJobs
 from receiver.store.server import RedisServer, find_redis_server
 from receiver.testing.fake_ogsm import FakeOgsm
 from receiver.testing.server import LiveServer
-from receiver.web.app import REDIS_TIMEOUT, build_state, create_app
+from receiver.web.app import create_app
+from receiver.web.state import build_state
 
 QUEUE = "osma-router"
 TWO_ROUTES = """

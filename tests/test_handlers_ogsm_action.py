@@ -7,9 +7,9 @@ from __future__ import annotations
 import pytest
 
 from receiver.exceptions import ConfigError
+from receiver.keys import dedup_key
 from receiver.model.plugins import HandlerRegistry
 from receiver.model.routes import parse_config
-from receiver.store.dedup import dedup_key
 from receiver.testing import task_event
 
 ACTION = """

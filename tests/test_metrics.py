@@ -8,7 +8,7 @@ import re
 from prometheus_client.parser import text_string_to_metric_families
 from support import make_event, signature_headers
 
-from receiver.web.metrics import count_rate_limit_wait, count_upstream_call
+from receiver.upstream.http import count_rate_limit_wait, count_upstream_call
 
 ROUTES = (
     '[[routes]]\non = "task.completed"\nhandler = "sample.record"\n\n'

@@ -20,7 +20,7 @@ import pytest
 from redis import Redis
 from support import env_for, handled, subprocess_env
 
-from receiver.store.batches import INFLIGHT_KEY, seen_key
+from receiver.keys import OSMOS_INFLIGHT_KEY, osmos_seen_key
 from receiver.store.server import RedisServer, free_port
 from receiver.web.osmos import CHUNK_RECORDS
 
@@ -94,9 +94,9 @@ def nothing_stored(redis: Redis) -> bool:
     return (
         redis.llen(QUEUE) == 0
         and not list(redis.scan_iter("rq:job:*"))
-        and not redis.exists(seen_key("crm"))
+        and not redis.exists(osmos_seen_key("crm"))
         and not list(redis.scan_iter("osma_router:osmos:batch:*"))
-        and redis.zcard(INFLIGHT_KEY) == 0
+        and redis.zcard(OSMOS_INFLIGHT_KEY) == 0
     )
 
 
@@ -142,8 +142,8 @@ def test_valid_batch_is_accepted_and_each_record_becomes_a_queued_event(osmos, r
     for job_id in jobs:
         assert redis.ttl(f"rq:job:{job_id}") == -1  # committed jobs never expire
     assert [job_spec(redis, job)["event_id"] for job in jobs] == [expected_id(r) for r in records]
-    assert redis.zcard(seen_key("crm")) == 3
-    assert not list(redis.scan_iter("osma_router:osmos:batch:*")) and redis.zcard(INFLIGHT_KEY) == 0
+    assert redis.zcard(osmos_seen_key("crm")) == 3
+    assert not list(redis.scan_iter("osma_router:osmos:batch:*")) and redis.zcard(OSMOS_INFLIGHT_KEY) == 0
     receiver.drain()
     assert sorted(handled(redis)) == sorted(f"{expected_id(r)}|sample.record|crm|1" for r in records)
 
@@ -224,7 +224,7 @@ def test_concurrent_copies_of_one_batch_queue_each_record_once(osmos, redis):
     jobs = queued(redis)
     assert len(jobs) == 2500 and len(set(jobs)) == 2500
     assert all(redis.exists(f"rq:job:{job}") for job in jobs[:50] + jobs[-50:])
-    assert redis.zcard(INFLIGHT_KEY) == 0
+    assert redis.zcard(OSMOS_INFLIGHT_KEY) == 0
 
 
 def test_connector_without_key_uses_the_content_hash_alone(osmos, redis):
@@ -236,7 +236,9 @@ def test_connector_without_key_uses_the_content_hash_alone(osmos, redis):
         headers={"x-osmos-key": TOKEN, "content-type": "application/json"},
     )
     assert response.status_code == 202
-    assert redis.zrange(seen_key("strict"), 0, -1) == [expected_id({"code": "A1"}, "strict", None).encode()]
+    assert redis.zrange(osmos_seen_key("strict"), 0, -1) == [
+        expected_id({"code": "A1"}, "strict", None).encode()
+    ]
 
 
 def test_where_routes_pick_records_by_field(osmos, redis):
@@ -255,7 +257,7 @@ def test_where_routes_pick_records_by_field(osmos, redis):
 def test_records_with_no_route_are_remembered_without_jobs(osmos, redis):
     receiver = osmos(CONNECTORS)
     assert post(receiver, customers(2)).status_code == 202
-    assert queued(redis) == [] and redis.zcard(seen_key("crm")) == 2
+    assert queued(redis) == [] and redis.zcard(osmos_seen_key("crm")) == 2
 
 
 def test_encrypted_payloads_are_sealed_and_still_run(osmos, redis):
@@ -597,7 +599,7 @@ def test_250000_records_through_a_real_server_in_bounded_time_and_memory(
         after = proc_memory_mb(server.pid)
         assert response.status_code == 202, response.text
         assert response.json() == {"status": "accepted", "records": 250_000}
-        assert redis.llen(QUEUE) == 250_000 and redis.zcard(seen_key("crm")) == 250_000
+        assert redis.llen(QUEUE) == 250_000 and redis.zcard(osmos_seen_key("crm")) == 250_000
         assert seconds < 30, f"{seconds:.1f} s"
         growth = after["VmHWM"] - before["VmRSS"]
         assert growth < 1024, f"peak RSS grew by {growth:.0f} MB"

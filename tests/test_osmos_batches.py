@@ -16,18 +16,17 @@ from redis import Redis
 from redis.asyncio import Redis as AsyncRedis
 
 from receiver.crypto import Sealer
+from receiver.exceptions import StagingLost
+from receiver.keys import OSMOS_INFLIGHT_KEY, osmos_seen_key
 from receiver.model.connectors import canonical_json, record_event_id
 from receiver.model.routes import parse_config
 from receiver.settings import Secret
 from receiver.store.batches import (
-    INFLIGHT_KEY,
     BatchOutcome,
     BatchStore,
     EventCoder,
     StagedChunk,
-    StagingLost,
     lay_out_route,
-    seen_key,
 )
 from receiver.store.enqueue import JobBuilder
 
@@ -138,13 +137,13 @@ def test_staged_jobs_stay_invisible_until_the_commit(store: Store, redis: Redis)
         batch = batches.open("crm", store.layouts)
         await batch.stage(store.chunk(records("a", "b")))
         await batch.stage(store.chunk(records("c")))
-        assert queue(redis) == [] and not redis.exists(seen_key("crm"))
+        assert queue(redis) == [] and not redis.exists(osmos_seen_key("crm"))
         assert len(list(redis.scan_iter("rq:job:*"))) == 6  # staged, in no queue
         return await batch.commit()
 
     assert store.session(work) == BatchOutcome(3, 0)
     assert len(queue(redis)) == 3 and len(queue(redis, "bulk")) == 3
-    assert batch_keys(redis) == [] and redis.zcard(INFLIGHT_KEY) == 0
+    assert batch_keys(redis) == [] and redis.zcard(OSMOS_INFLIGHT_KEY) == 0
 
 
 def test_discard_removes_what_the_batch_staged(store: Store, redis: Redis):
@@ -155,7 +154,7 @@ def test_discard_removes_what_the_batch_staged(store: Store, redis: Redis):
 
     store.session(work)
     assert list(redis.scan_iter("rq:job:*")) == [] and batch_keys(redis) == []
-    assert redis.zcard(INFLIGHT_KEY) == 0
+    assert redis.zcard(OSMOS_INFLIGHT_KEY) == 0
 
 
 def test_a_batch_abandoned_between_chunks_is_swept_by_the_next_one(store: Store, redis: Redis):
@@ -164,21 +163,21 @@ def test_a_batch_abandoned_between_chunks_is_swept_by_the_next_one(store: Store,
         await batch.stage(store.chunk(records("a", "b")))  # ... and the receiver dies
 
     store.session(abandon, staging_deadline=0)
-    assert len(list(redis.scan_iter("rq:job:*"))) == 4 and redis.zcard(INFLIGHT_KEY) == 1
+    assert len(list(redis.scan_iter("rq:job:*"))) == 4 and redis.zcard(OSMOS_INFLIGHT_KEY) == 1
 
     async def next_batch(batches: BatchStore) -> int:
         return await batches.sweep()
 
     assert store.session(next_batch) == 1
     assert list(redis.scan_iter("rq:job:*")) == [] and batch_keys(redis) == []
-    assert redis.zcard(INFLIGHT_KEY) == 0 and queue(redis) == []
+    assert redis.zcard(OSMOS_INFLIGHT_KEY) == 0 and queue(redis) == []
 
 
 def test_a_swept_batch_cannot_stage_or_commit_any_more(store: Store, redis: Redis):
     async def work(batches: BatchStore) -> None:
         slow = batches.open("crm", store.layouts)
         await slow.stage(store.chunk(records("a")))
-        redis.zadd(INFLIGHT_KEY, {slow.member: 0})  # its deadline passed
+        redis.zadd(OSMOS_INFLIGHT_KEY, {slow.member: 0})  # its deadline passed
         assert await batches.sweep() == 1
         with pytest.raises(StagingLost):
             await slow.stage(store.chunk(records("b")))
@@ -232,7 +231,7 @@ def test_a_commit_whose_borrowed_jobs_were_discarded_stores_nothing(store: Store
         await late.discard()
 
     store.session(work)
-    assert queue(redis) == [] and not redis.exists(seen_key("crm"))
+    assert queue(redis) == [] and not redis.exists(osmos_seen_key("crm"))
     assert list(redis.scan_iter("rq:job:*")) == []
 
 

@@ -8,6 +8,7 @@ from datetime import UTC
 import orjson
 from redis import Redis
 from rq.job import Job
+from rq.queue import Queue
 from rq.registry import FailedJobRegistry, ScheduledJobRegistry
 from rq.serializers import JSONSerializer
 from support import handled, make_event
@@ -151,3 +152,32 @@ def test_unknown_handler_in_a_queued_job_is_a_permanent_failure(start_receiver, 
     receiver.drain()
     (row,) = list(FailedJobs(redis, ["osma-router"]))
     assert "unknown handler 'gone.handler'" in row.last_error
+
+
+def test_a_job_queued_by_an_earlier_release_still_runs(start_receiver, redis):
+    """A job stored before the package was split into layers names its function by the
+    released path `receiver.jobs.run_handler` and carries a version-1 spec: it must run."""
+    receiver = start_receiver('[[routes]]\non = "task.completed"\nhandler = "sample.record"\nlabel = "old"\n')
+    route_key = receiver.state.pipeline.router.routes[0].key
+    spec = {
+        "v": 1,
+        "source": "osma",
+        "event_id": "evt_from_before",
+        "event_type": "task.completed",
+        "received_at": "2026-11-20T10:00:00+00:00",
+        "route": {
+            "key": route_key,
+            "index": 0,
+            "handler": "sample.record",
+            "on": ["task.completed"],
+            "where": {},
+            "params": {"label": "old"},
+            "retries": 4,
+            "backoff": [5, 20, 80, 320],
+        },
+        "body": make_event(event_id="evt_from_before").decode(),
+    }
+    queue = Queue("osma-router", connection=redis, serializer=JSONSerializer)
+    queue.enqueue("receiver.jobs.run_handler", spec, job_id="osma_e-evt_from_before_old")
+    receiver.drain()
+    assert handled(redis) == ["evt_from_before|sample.record|old|1"]

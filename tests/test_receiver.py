@@ -10,7 +10,7 @@ import orjson
 from redis import Redis
 from support import SECRET, examples, make_event, signature_headers
 
-from receiver.store.dedup import dedup_key
+from receiver.keys import dedup_key
 from receiver.store.server import RedisServer
 
 ROUTES = """

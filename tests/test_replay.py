@@ -12,7 +12,7 @@ from capture_support import capture_line, cli_env, osma_router, read_lines, redi
 from cryptography.fernet import Fernet
 from support import SECRET, handled, make_event
 
-from receiver.store.dedup import dedup_key
+from receiver.keys import dedup_key
 from receiver.store.server import free_port
 
 KEY = Fernet.generate_key().decode()

@@ -17,7 +17,7 @@ from support import examples
 from receiver.exceptions import ConfigError
 from receiver.model.events import Event, build_event
 from receiver.model.plugins import HandlerGroup, HandlerRegistry
-from receiver.model.routes import Config, Route, Router, job_id, load_config, parse_config
+from receiver.model.routes import Config, Route, RouteTable, job_id, load_config, parse_config
 
 RECEIVED = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
 JOB_ID = re.compile(r"[A-Za-z0-9_-]+")
@@ -59,8 +59,8 @@ def config(text: str, registry: HandlerRegistry | None = None) -> Config:
     return parse_config(tomllib.loads(text), registry=registry)
 
 
-def router(text: str, registry: HandlerRegistry | None = None) -> Router:
-    return Router(config(text, registry).routes)
+def router(text: str, registry: HandlerRegistry | None = None) -> RouteTable:
+    return RouteTable(config(text, registry).routes)
 
 
 def event(event_type: str, obj: dict[str, Any] | None = None, event_id: str = "evt_1") -> Event:
@@ -68,7 +68,7 @@ def event(event_type: str, obj: dict[str, Any] | None = None, event_id: str = "e
     return build_event(payload, source="osma", received_at=RECEIVED)
 
 
-def matched(r: Router, e: Event) -> list[int]:
+def matched(r: RouteTable, e: Event) -> list[int]:
     return [route.index for route in r.match(e.type, e.object)]
 
 
@@ -228,7 +228,7 @@ def test_identical_route_tables_are_two_routes_with_distinct_keys() -> None:
     table = '[[routes]]\non = "task.completed"\nhandler = "h"\nindicator_id = 1\n'
     routes = config(table * 3).routes
     assert len({route.key for route in routes}) == 3
-    r = Router(routes)
+    r = RouteTable(routes)
     assert len(r.match("task.completed", {})) == 3
     ids = {job_id("osma", "evt_1", route) for route in routes}
     assert len(ids) == 3

@@ -22,10 +22,9 @@ from support import env_for, handled, make_event, signature_headers, subprocess_
 
 from receiver.dev.tls import ensure_dev_certificate, make_self_signed
 from receiver.exceptions import ConfigError
+from receiver.keys import JOB_COUNTS_KEY, dedup_key
 from receiver.settings import Settings
-from receiver.store.dedup import dedup_key
 from receiver.store.server import free_port
-from receiver.web.metrics import JOB_COUNTS_KEY
 
 
 def tls_files(tmp_path: Path) -> tuple[Path, Path]:

@@ -13,13 +13,18 @@ import argparse
 import socket
 from typing import Any
 
+import httpx
+from rq.serializers import JSONSerializer
+from rq.worker import Worker
+
+from ..store.connection import connect
+from .common import add_command, current_settings, fail
+
 DEFAULT_URL = "http://127.0.0.1:8000/healthz"
 
 
 def check_http(url: str, timeout: float) -> str | None:
     """None when `url` answers 200, else why not."""
-    import httpx
-
     try:
         answer = httpx.get(url, timeout=timeout)
     except httpx.HTTPError as exc:
@@ -29,16 +34,7 @@ def check_http(url: str, timeout: float) -> str | None:
 
 def check_worker(host: str, timeout: float) -> str | None:
     """None when a worker on `host` is alive in Redis, else why not."""
-    from redis import Redis
-    from rq.serializers import JSONSerializer
-    from rq.worker import Worker
-
-    from ..settings import Settings
-
-    settings = Settings.from_env()
-    redis = Redis.from_url(
-        settings.require_redis_url(), socket_timeout=timeout, socket_connect_timeout=timeout
-    )
+    redis = connect(current_settings(), "probe", timeout=timeout)
     try:
         workers = Worker.all(connection=redis, serializer=JSONSerializer)
     finally:
@@ -49,8 +45,6 @@ def check_worker(host: str, timeout: float) -> str | None:
 
 
 def cmd_healthcheck(args: argparse.Namespace) -> int:
-    from .main import fail
-
     problem = (
         check_worker(args.host or socket.gethostname(), args.timeout)
         if args.worker
@@ -63,8 +57,6 @@ def cmd_healthcheck(args: argparse.Namespace) -> int:
 
 def add_commands(sub: Any) -> None:
     """`osma-router healthcheck`."""
-    from .main import add_command
-
     parser = add_command(
         sub,
         "healthcheck",

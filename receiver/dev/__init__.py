@@ -1,1 +1,2 @@
-"""`osma-router dev`: Redis, the receiver and a worker in one process tree."""
+"""`osma-router dev`: Redis, the receiver and a worker in one process tree, and the
+self-signed certificate of `dev --https`."""

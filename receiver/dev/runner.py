@@ -11,6 +11,7 @@ import time
 from ..exceptions import ConfigError
 from ..settings import Settings
 from ..store.server import RedisServer
+from .tls import ensure_dev_certificate, trust_instructions
 
 DEV_SECRET = "whsec_dev_local_only"
 
@@ -30,8 +31,6 @@ def run_dev(host: str = "127.0.0.1", port: int = 8000, https: bool = False) -> i
     tls: list[str] = []
     certificate = None
     if https:
-        from .tls import ensure_dev_certificate
-
         certificate = ensure_dev_certificate()
         tls = ["--tls-cert", str(certificate.cert), "--tls-key", str(certificate.key)]
     children: list[subprocess.Popen[bytes]] = []
@@ -55,8 +54,6 @@ def run_dev(host: str = "127.0.0.1", port: int = 8000, https: bool = False) -> i
         url = f"{'https' if https else 'http'}://{host}:{port}"
         trust = ""
         if certificate is not None:
-            from .tls import trust_instructions
-
             trust = trust_instructions(certificate.cert, url)
         cafile = f"SSL_CERT_FILE={certificate.cert.resolve()} " if certificate is not None else ""
         print(

@@ -1,1 +1,3 @@
-"""The formats the service works with: events, routes, plugins, Osmos connectors, signatures, capture lines."""
+"""The formats the service works with: events, routes, handler plugins, Osmos
+connectors, the `osma-signature` header and capture lines. Pure code over values: no
+Redis, no HTTP. Imports only the base modules (exceptions, settings, keys, ...)."""

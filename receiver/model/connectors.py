@@ -38,7 +38,7 @@ from typing import Any
 
 import orjson
 
-from ..exceptions import ConfigError
+from ..exceptions import ConfigError, InvalidRecords
 from ..settings import Secret
 
 SOURCE = "osmos"
@@ -147,6 +147,10 @@ class ValidationReport:
 
     def __bool__(self) -> bool:
         return bool(self.errors)
+
+    def rejection(self, message: str) -> InvalidRecords:
+        """The 422 that names these bad fields."""
+        return InvalidRecords(message, [error.as_json() for error in self.errors], self.more)
 
 
 @dataclass(frozen=True)

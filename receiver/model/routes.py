@@ -106,7 +106,7 @@ class Config:
     path: Path | None = None
 
 
-class Router:
+class RouteTable:
     """Finds the routes of an event; built once, asked once per delivery."""
 
     def __init__(self, routes: Sequence[Route]) -> None:

@@ -1,1 +1,3 @@
-"""`osma-router replay`: captured deliveries sent again, over HTTP, onto the queue or inline."""
+"""`osma-router replay`: captured deliveries sent again, re-signed over HTTP, straight
+onto the queue (the receiver's own pipeline), or run inline through the worker's code.
+It sits above `web` and `worker` because an inline replay runs handlers itself."""

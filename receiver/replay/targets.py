@@ -17,15 +17,24 @@ from datetime import datetime
 from typing import Any, Protocol
 
 import orjson
+from redis.exceptions import RedisError
 
+from ..keys import dedup_key
 from ..model.capture_file import Delivery
+from ..model.plugins import HandlerRegistry
+from ..model.routes import load_config
+from ..model.signature import sign
 from ..settings import Settings
+from ..store.connection import UNAVAILABLE, connect, connect_async
+from ..store.dedup import AdmitOutcome
+from ..store.pipeline import build_pipeline
+from ..worker.execution import WorkerRuntime, execute
 
 UNUSED_REDIS_URL = "redis://127.0.0.1:1/0"  # a dry run without OSMA_ROUTER_REDIS_URL: never contacted
 
 
 @dataclass(frozen=True)
-class Result:
+class ReplayResult:
     """What became of one delivery: accepted, duplicate, rejected or failed."""
 
     outcome: str
@@ -34,7 +43,7 @@ class Result:
 
 
 class Target(Protocol):
-    def deliver(self, delivery: Delivery, received_at: datetime) -> Result: ...
+    def deliver(self, delivery: Delivery, received_at: datetime) -> ReplayResult: ...
     def preview(self, delivery: Delivery, received_at: datetime) -> str: ...
     def close(self) -> None: ...
 
@@ -55,10 +64,8 @@ class HttpTarget:
     def preview(self, delivery: Delivery, received_at: datetime) -> str:
         return f"would POST {len(delivery.body)} bytes to {self.url}"
 
-    def deliver(self, delivery: Delivery, received_at: datetime) -> Result:
+    def deliver(self, delivery: Delivery, received_at: datetime) -> ReplayResult:
         import httpx
-
-        from ..model.signature import sign
 
         headers = {k: v for k, v in delivery.headers.items() if k not in ("content-length", "host")}
         headers.setdefault("content-type", "application/json")
@@ -67,16 +74,16 @@ class HttpTarget:
         try:
             response = self._client.post(self.url, content=delivery.body, headers=headers)
         except httpx.HTTPError as exc:
-            return Result("failed", f"could not POST: {type(exc).__name__}: {exc}", unreachable=True)
+            return ReplayResult("failed", f"could not POST: {type(exc).__name__}: {exc}", unreachable=True)
         if response.status_code >= 500:
-            return Result("failed", f"HTTP {response.status_code}: {_error_of(response.content)}")
+            return ReplayResult("failed", f"HTTP {response.status_code}: {_error_of(response.content)}")
         if response.status_code >= 400:
-            return Result("rejected", f"HTTP {response.status_code}: {_error_of(response.content)}")
+            return ReplayResult("rejected", f"HTTP {response.status_code}: {_error_of(response.content)}")
         try:
             duplicate = orjson.loads(response.content).get("status") == "duplicate"
         except (orjson.JSONDecodeError, AttributeError):
             duplicate = False
-        return Result("duplicate" if duplicate else "accepted")
+        return ReplayResult("duplicate" if duplicate else "accepted")
 
     def close(self) -> None:
         self._client.close()
@@ -94,18 +101,14 @@ class DirectTarget:
     """Queue each event through the receiver's `Pipeline.admit`."""
 
     def __init__(self, settings: Settings, *, force: bool, dry_run: bool = False) -> None:
-        from ..model.plugins import HandlerRegistry
-        from ..model.routes import load_config
-        from ..web.app import build_pipeline, connect_async
-
         config = load_config(settings.config_path, HandlerRegistry.discover())
         # A dry run routes and reads (if Redis is configured) but never stores.
         url = settings.redis_url if dry_run else settings.require_redis_url()
         self._loop = asyncio.new_event_loop()
-        self._redis = connect_async(url or UNUSED_REDIS_URL)
+        self._redis = connect_async(settings, "receiver", url=url or UNUSED_REDIS_URL)
         self.pipeline = build_pipeline(settings, config, self._redis)
         self.force_tag = f"r{int(time.time() * 1000):x}" if force else None
-        self._sync = _sync_redis(url)
+        self._sync = connect(settings, "command", url=url) if url else None
 
     def preview(self, delivery: Delivery, received_at: datetime) -> str:
         jobs = self.pipeline.jobs_for(
@@ -116,8 +119,7 @@ class DirectTarget:
             return f"duplicate (already seen; --force would queue {what})"
         return f"would queue {what}"
 
-    def deliver(self, delivery: Delivery, received_at: datetime) -> Result:
-        from ..store.dedup import Outcome
+    def deliver(self, delivery: Delivery, received_at: datetime) -> ReplayResult:
 
         try:
             outcome, jobs = self._loop.run_until_complete(
@@ -130,9 +132,9 @@ class DirectTarget:
                     force_tag=self.force_tag,
                 )
             )
-        except Exception as exc:  # noqa: BLE001 - StoreError, refused, timeout: this one failed
-            return Result("failed", f"could not queue: {type(exc).__name__}: {exc}", unreachable=True)
-        return Result("accepted" if outcome is Outcome.ACCEPTED else "duplicate", f"{jobs} job(s)")
+        except UNAVAILABLE as exc:  # this one failed; the replay goes on
+            return ReplayResult("failed", f"could not queue: {type(exc).__name__}: {exc}", unreachable=True)
+        return ReplayResult("accepted" if outcome is AdmitOutcome.ACCEPTED else "duplicate", f"{jobs} job(s)")
 
     def close(self) -> None:
         self._loop.run_until_complete(self._redis.aclose())
@@ -145,17 +147,14 @@ class InlineTarget:
     """Run each event's matching handlers here, as a worker would, without RQ."""
 
     def __init__(self, settings: Settings, *, force: bool, dry_run: bool = False) -> None:
-        from redis import Redis
-
-        from ..web.app import build_pipeline, connect_async
-        from ..worker.execution import WorkerRuntime
-
         self.force = force
         url = settings.redis_url if dry_run else settings.require_redis_url()
-        self._redis = Redis.from_url(url or UNUSED_REDIS_URL)
-        self._sync = _sync_redis(url)
+        self._redis = connect(settings, "command", url=url or UNUSED_REDIS_URL)
+        self._sync = connect(settings, "command", url=url) if url else None
         self.runtime = WorkerRuntime.build(settings, self._redis)
-        self._async = connect_async(url or UNUSED_REDIS_URL)  # routing only: nothing is stored through it
+        self._async = connect_async(
+            settings, "receiver", url=url or UNUSED_REDIS_URL
+        )  # routing only: nothing is stored through it
         self.pipeline = build_pipeline(settings, self.runtime.config, self._async)
         self.ttl_ms = max(1, round(settings.dedup_ttl * 1000))
 
@@ -167,14 +166,12 @@ class InlineTarget:
             return f"duplicate (already seen; --force would run {len(jobs)} handler(s){_handlers(jobs)})"
         return f"would run {len(jobs)} handler(s){_handlers(jobs)}"
 
-    def deliver(self, delivery: Delivery, received_at: datetime) -> Result:
-        from ..store.dedup import dedup_key
-        from ..worker.execution import execute
+    def deliver(self, delivery: Delivery, received_at: datetime) -> ReplayResult:
 
         key = dedup_key(delivery.source, delivery.event_id)
         seen = bool(self._redis.exists(key))
         if seen and not self.force:
-            return Result("duplicate")
+            return ReplayResult("duplicate")
         jobs = self.pipeline.jobs_for(
             delivery.source, dict(delivery.payload), delivery.body, received_at, replay=True
         )
@@ -187,10 +184,10 @@ class InlineTarget:
                 reason = str(exc).splitlines()[0] if str(exc) else ""
                 failures.append(f"{spec['route']['handler']}: {type(exc).__name__}: {reason}")
         if failures:  # left unmarked, so running the replay again retries it
-            return Result("failed", "; ".join(failures))
+            return ReplayResult("failed", "; ".join(failures))
         if not seen:
             self._redis.set(key, "1", px=self.ttl_ms, nx=True)
-        return Result("accepted", f"{len(jobs)} handler(s) ran")
+        return ReplayResult("accepted", f"{len(jobs)} handler(s) ran")
 
     def close(self) -> None:
         self.runtime.loop.close()
@@ -205,18 +202,8 @@ def _handlers(jobs: list[Any]) -> str:
     return f": {', '.join(names)}" if names else ""
 
 
-def _sync_redis(url: str | None) -> Any:
-    from redis import Redis
-
-    return Redis.from_url(url) if url else None
-
-
 def _seen(redis: Any, delivery: Delivery) -> bool:
     """Whether the id is remembered; a dry run only reads, and only when Redis answers."""
-    from redis.exceptions import RedisError
-
-    from ..store.dedup import dedup_key
-
     if redis is None:
         return False
     try:

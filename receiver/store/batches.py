@@ -51,15 +51,23 @@ from redis.asyncio import Redis as AsyncRedis
 from redis.exceptions import ResponseError
 
 from ..crypto import Sealer
-from ..exceptions import RouterError
+from ..exceptions import StagingLost
+from ..keys import (
+    OSMOS_INFLIGHT_KEY,
+    RQ_JOB_PREFIX,
+    RQ_QUEUE_PREFIX,
+    RQ_QUEUES_KEY,
+    osmos_batch_prefix,
+    osmos_commits_key,
+    osmos_seen_key,
+)
 from ..model.connectors import SOURCE
 from ..model.routes import Route
 from . import batch_scripts as scripts
-from .dedup import KEY_PREFIX, RQ_JOB_PREFIX, RQ_QUEUE_PREFIX, RQ_QUEUES_KEY, rq_timestamp
+from .dedup import rq_timestamp
 from .enqueue import JobBuilder
 
 STAGING_DEADLINE = 900  # seconds a batch may go without staging a chunk before it is swept
-INFLIGHT_KEY = f"{KEY_PREFIX}:osmos:inflight"
 JOB_ID_HEAD = f"{SOURCE}_e-"  # routes.job_id: "<source>_e-<event id>_<route key>"
 _JOB_ID_TAIL = re.compile(r"_[^_]+\Z")
 _ID_PLACEHOLDER = "OSMOSEVENTIDPLACEHOLDER"
@@ -175,10 +183,6 @@ class BatchOutcome:
     duplicates: int
 
 
-class StagingLost(RouterError):
-    """What was staged is gone (swept as abandoned, or a shared job hash removed): answer 503."""
-
-
 class BatchStore:
     """Stages chunks of one batch and commits them in one short atomic step."""
 
@@ -203,21 +207,11 @@ class BatchStore:
 
     async def sweep(self, *, limit: int = 10) -> int:
         """Discard up to `limit` batches abandoned past their deadline; how many there were."""
-        stale = await self._stale(keys=[INFLIGHT_KEY], args=[limit])
+        stale = await self._stale(keys=[OSMOS_INFLIGHT_KEY], args=[limit])
         for member in stale:
             connector, _, batch_id = member.decode().partition(":")
             await Batch(self, connector, batch_id).discard()
         return len(stale)
-
-
-def seen_key(connector: str) -> str:
-    """The sorted set of a connector's dedup marks (event id -> expiry, ms)."""
-    return f"{KEY_PREFIX}:osmos:seen:{connector}"
-
-
-def commits_key(connector: str) -> str:
-    """A connector's commit counter: did any batch commit since this one began staging?"""
-    return f"{KEY_PREFIX}:osmos:commits:{connector}"
 
 
 class Batch:
@@ -234,9 +228,9 @@ class Batch:
         self.store = store
         self.client = client or store.redis
         self.member = f"{connector}:{batch_id}"
-        self.prefix = f"{KEY_PREFIX}:osmos:batch:{self.member}:"
-        self.seen = seen_key(connector)
-        self.commits = commits_key(connector)
+        self.prefix = osmos_batch_prefix(self.member)
+        self.seen = osmos_seen_key(connector)
+        self.commits = osmos_commits_key(connector)
         self.staged_records = 0
         self.duplicates = 0
         self._counter: bytes | None = None
@@ -265,7 +259,7 @@ class Batch:
             *(chunk.routes if chunk.routes is not None else ["*"]),
         ]
         staged, duplicates, counter = await self._run(
-            self.store._stage, [self.seen, INFLIGHT_KEY, self.commits], args
+            self.store._stage, [self.seen, OSMOS_INFLIGHT_KEY, self.commits], args
         )
         if first:
             self._counter = counter
@@ -280,7 +274,7 @@ class Batch:
             return BatchOutcome(0, self.duplicates)
         fresh, duplicates = await self._run(
             self.store._commit,
-            [self.seen, INFLIGHT_KEY, self.commits, RQ_QUEUES_KEY],
+            [self.seen, OSMOS_INFLIGHT_KEY, self.commits, RQ_QUEUES_KEY],
             [
                 self.prefix,
                 self.member,
@@ -297,7 +291,9 @@ class Batch:
         """Drop what this batch staged, a chunk per call."""
         for _ in range(max_calls):
             if not await self._run(
-                self.store._discard, [self.seen, INFLIGHT_KEY], [self.prefix, self.member, RQ_JOB_PREFIX]
+                self.store._discard,
+                [self.seen, OSMOS_INFLIGHT_KEY],
+                [self.prefix, self.member, RQ_JOB_PREFIX],
             ):
                 return
             await asyncio.sleep(0)

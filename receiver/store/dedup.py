@@ -22,13 +22,10 @@ from typing import Generic, TypeVar
 import orjson
 from redis.asyncio import Redis as AsyncRedis
 
+from ..exceptions import StoreError
+from ..keys import RQ_JOB_PREFIX, RQ_QUEUE_PREFIX, RQ_QUEUES_KEY, dedup_key
 from .capture import CaptureWrite
 from .enqueue import JobWrite
-
-KEY_PREFIX = "osma_router"
-RQ_QUEUES_KEY = "rq:queues"
-RQ_QUEUE_PREFIX = "rq:queue:"
-RQ_JOB_PREFIX = "rq:job:"
 
 # KEYS: [1] rq:queues, then per event: its dedup key, [its capture key,] then per job:
 #       job key, queue key.
@@ -100,13 +97,9 @@ return results
 """
 
 
-class Outcome(Enum):
+class AdmitOutcome(Enum):
     ACCEPTED = "accepted"
     DUPLICATE = "duplicate"
-
-
-class StoreError(Exception):
-    """Redis could not store an event (the receiver answers 503)."""
 
 
 @dataclass(frozen=True)
@@ -118,11 +111,6 @@ class Admission:
     jobs: Sequence[JobWrite]
     capture: CaptureWrite | None = None  # set when OSMA_ROUTER_CAPTURE is on
     force: bool = False  # a replay with --force: queue the jobs even if the id was seen
-
-
-def dedup_key(source: str, event_id: str) -> str:
-    # Event ids only: no payload data in key names or values.
-    return f"{KEY_PREFIX}:seen:{source}:{event_id}"
 
 
 def rq_timestamp(moment: datetime | None = None) -> str:
@@ -202,15 +190,15 @@ class EventStore:
         )
         self.ttl_ms = str(max(1, int(round(dedup_ttl * 1000))))
         self._script = redis.register_script(ADMIT_SCRIPT)
-        self._committer: GroupCommitter[Admission, Outcome] = GroupCommitter(
+        self._committer: GroupCommitter[Admission, AdmitOutcome] = GroupCommitter(
             self._store_batch, max_batch=max_batch, concurrency=concurrency
         )
 
-    async def admit(self, admission: Admission) -> Outcome:
+    async def admit(self, admission: Admission) -> AdmitOutcome:
         """Mark the event seen and queue its jobs, or report it as a duplicate."""
         return await self._committer.submit(admission)
 
-    async def _store_batch(self, batch: list[Admission]) -> list[Outcome | BaseException]:
+    async def _store_batch(self, batch: list[Admission]) -> list[AdmitOutcome | BaseException]:
         keys: list[str] = [RQ_QUEUES_KEY]
         events_args: list[bytes | str | int] = [len(batch)]
         for admission in batch:
@@ -228,12 +216,12 @@ class EventStore:
         args: list[bytes | str | int | float] = [self.ttl_ms, rq_timestamp(), self._templates_json]
         args.extend(events_args)
         replies = await self._script(keys=keys, args=args)
-        results: list[Outcome | BaseException] = []
+        results: list[AdmitOutcome | BaseException] = []
         for reply in replies:
             if reply == 1:
-                results.append(Outcome.ACCEPTED)
+                results.append(AdmitOutcome.ACCEPTED)
             elif reply == 0:
-                results.append(Outcome.DUPLICATE)
+                results.append(AdmitOutcome.DUPLICATE)
             else:
                 message = reply.decode() if isinstance(reply, bytes) else str(reply)
                 results.append(StoreError(f"redis refused a write: {message}"))

@@ -12,11 +12,7 @@ from rq.job import Job
 from rq.registry import FailedJobRegistry
 from rq.serializers import JSONSerializer
 
-from ..exceptions import RouterError
-
-
-class NoSuchFailedJob(RouterError):
-    pass
+from ..exceptions import NoSuchFailedJob
 
 
 @dataclass(frozen=True)

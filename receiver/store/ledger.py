@@ -35,12 +35,12 @@ from typing import Any
 import orjson
 from redis import Redis
 
+from .. import keys
 from ..exceptions import HandlerError
 
 RETENTION = 90 * 24 * 3600  # seconds the ledger, counts and watermarks are kept after a write
 LOCK_TTL = 60  # seconds; longer than the upstream calls made under one lock
 LOCK_WAIT = 15.0
-PREFIX = "osma_router:"
 
 # A lock is free, or held by the same owner (a rerun of a job whose worker died).
 _TAKE = """
@@ -56,8 +56,8 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end
 return 1
 """
 
-Result = dict[str, Any]
-Reconcile = Callable[[Mapping[str, Any], Collection[str]], Result | None]
+EffectResult = dict[str, Any]
+Reconcile = Callable[[Mapping[str, Any], Collection[str]], EffectResult | None]
 
 
 @dataclass(frozen=True)
@@ -75,12 +75,12 @@ class Effect:
 
 
 @dataclass(frozen=True)
-class Outcome:
+class EffectOutcome:
     """`state` is "done" or "skipped"; `result` holds what upstream gave back (an id...);
     `fresh` is False when the outcome had been recorded by an earlier run."""
 
     state: str
-    result: Result
+    result: EffectResult
     fresh: bool = True
     reconciled: bool = False
 
@@ -109,30 +109,30 @@ class EffectsLedger:
 
     @staticmethod
     def _key(effect_key: str) -> str:
-        return f"{PREFIX}effect:{effect_key}"
+        return keys.effect_key(effect_key)
 
     @staticmethod
     def _event_key(event_id: str) -> str:
-        return f"{PREFIX}effects-of:{event_id}"
+        return keys.effects_of_key(event_id)
 
     @staticmethod
     def _claims_key(scope: str) -> str:
-        return f"{PREFIX}claimed:{scope}"
+        return keys.claims_key(scope)
 
-    def outcome(self, effect_key: str) -> Outcome | None:
+    def outcome(self, effect_key: str) -> EffectOutcome | None:
         """The recorded outcome of an effect, or None while it has none."""
         state, result = self.redis.hmget(self._key(effect_key), ["state", "result"])
         if state not in (b"done", b"skipped"):
             return None
-        return Outcome(_text(state), orjson.loads(result or b"{}"), fresh=False)
+        return EffectOutcome(_text(state), orjson.loads(result or b"{}"), fresh=False)
 
-    def effects_of(self, event_id: str) -> dict[str, Outcome]:
+    def effects_of(self, event_id: str) -> dict[str, EffectOutcome]:
         """The outcomes recorded for one event, by label (the handler's name)."""
         recorded = self.redis.hgetall(self._event_key(event_id))
         outcomes = {}
         for label, value in recorded.items():
             entry = orjson.loads(value)
-            outcomes[_text(label)] = Outcome(entry["state"], entry["result"], fresh=False)
+            outcomes[_text(label)] = EffectOutcome(entry["state"], entry["result"], fresh=False)
         return outcomes
 
     def claimed(self, scope: str) -> set[str]:
@@ -146,7 +146,7 @@ class EffectsLedger:
         `owner` is the job id: a rerun of a job whose worker died takes over the locks
         that job still held instead of waiting for them to expire.
         """
-        key = f"{PREFIX}lock:{name}"
+        key = keys.lock_key(name)
         token = owner or uuid.uuid4().hex
         deadline = time.monotonic() + (self.lock_wait if wait is None else wait)
         while not self._take(keys=[key], args=[token, int(self.lock_ttl * 1000)]):
@@ -159,8 +159,8 @@ class EffectsLedger:
             self._release(keys=[key], args=[token])
 
     def perform(
-        self, effect: Effect, act: Callable[[], Result], *, reconcile: Reconcile | None = None
-    ) -> Outcome:
+        self, effect: Effect, act: Callable[[], EffectResult], *, reconcile: Reconcile | None = None
+    ) -> EffectOutcome:
         """Make the effect happen once; see the module docstring."""
         with self.locked(f"effect:{effect.key}", owner=effect.owner):
             key = self._key(effect.key)
@@ -180,11 +180,13 @@ class EffectsLedger:
             self.redis.expire(key, self.retention)
             return self._record(effect, "done", act())
 
-    def skip(self, effect: Effect, reason: str) -> Outcome:
+    def skip(self, effect: Effect, reason: str) -> EffectOutcome:
         """Record that this effect deliberately posts nothing (a replay then also posts nothing)."""
         return self._record(effect, "skipped", {"reason": reason})
 
-    def _record(self, effect: Effect, state: str, result: Result, *, reconciled: bool = False) -> Outcome:
+    def _record(
+        self, effect: Effect, state: str, result: EffectResult, *, reconciled: bool = False
+    ) -> EffectOutcome:
         encoded = orjson.dumps(result)
         with self.redis.pipeline(transaction=True) as pipe:
             key = self._key(effect.key)
@@ -207,7 +209,7 @@ class EffectsLedger:
                 pipe.sadd(claims, str(result["id"]))
                 pipe.expire(claims, self.retention)
             pipe.execute()
-        return Outcome(state, result, fresh=True, reconciled=reconciled)
+        return EffectOutcome(state, result, fresh=True, reconciled=reconciled)
 
 
 def _text(value: bytes | str) -> str:

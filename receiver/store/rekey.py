@@ -9,21 +9,17 @@ token already under the newest key is left alone, so running it twice is harmles
 
 from __future__ import annotations
 
-import argparse
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
 
 import orjson
 from cryptography.fernet import Fernet, InvalidToken
 from redis import Redis
 
 from ..crypto import Sealer
-from ..exceptions import ConfigError, PermanentError
-from ..settings import Settings
-from .capture import CAPTURE_KEY, StoredCapture, stored_captures
-from .dedup import RQ_JOB_PREFIX
+from ..keys import CAPTURE_KEY, RQ_JOB_PREFIX
+from .capture import StoredCapture, stored_captures
 from .enqueue import JOB_FUNCTION
 
 _BATCH = 200
@@ -162,40 +158,3 @@ def _chunks(items: Iterator[StoredCapture], size: int) -> Iterator[list[StoredCa
 def iter_reports(rekeyer: Rekeyer) -> Iterator[tuple[str, RekeyReport]]:
     yield "captured deliveries", rekeyer.captures()
     yield "job payloads", rekeyer.jobs()
-
-
-def cmd_rekey(args: argparse.Namespace) -> int:
-    settings = Settings.from_env()
-    if not settings.encryption_keys:
-        raise ConfigError("OSMA_ROUTER_ENCRYPTION_KEYS is not set: give the new key first, then the old ones")
-    redis = Redis.from_url(settings.require_redis_url())
-    unreadable = 0
-    try:
-        rekeyer = Rekeyer(redis, Sealer(settings.encryption_keys), settings.encryption_keys[0].reveal())
-        for name, report in iter_reports(rekeyer):
-            unreadable += report.unreadable
-            print(
-                f"{name}: {report.resealed} re-encrypted, {report.current} already under the newest key, "
-                f"{report.unreadable} unreadable, {report.changed_meanwhile} changed meanwhile"
-            )
-    finally:
-        redis.close()
-    if unreadable:
-        raise PermanentError(
-            f"{unreadable} stored payload(s) cannot be decrypted with any configured key: "
-            "keep the key they were sealed with in OSMA_ROUTER_ENCRYPTION_KEYS"
-        )
-    return 0
-
-
-def add_commands(sub: Any) -> None:
-    """`osma-router rekey`."""
-    from ..cli.main import add_command
-
-    add_command(
-        sub,
-        "rekey",
-        cmd_rekey,
-        "re-encrypt captured deliveries and queued job payloads under "
-        "the newest key of OSMA_ROUTER_ENCRYPTION_KEYS (run after putting a new key first)",
-    )

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 from redis import Redis
 
-from .ledger import PREFIX, RETENTION
+from ..keys import watermark_key
+from .ledger import RETENTION
 
 # Set the mark to max(mark, value) and keep it for the retention period.
 _ADVANCE = """
@@ -34,7 +35,7 @@ class Watermarks:
 
     @staticmethod
     def _key(name: str) -> str:
-        return f"{PREFIX}mark:{name}"
+        return watermark_key(name)
 
     def get(self, name: str) -> float | None:
         value = self.redis.get(self._key(name))

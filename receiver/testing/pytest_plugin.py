@@ -44,7 +44,8 @@ from ..model.routes import load_config
 from ..model.signature import sign
 from ..settings import Settings
 from ..store.server import RedisServer, find_redis_server
-from ..web.app import build_state, create_app
+from ..web.app import create_app
+from ..web.state import build_state
 from ..worker.execution import WorkerRuntime
 from ..worker.runner import run_worker
 from .fake_ogsm import FakeOgsm

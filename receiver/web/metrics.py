@@ -21,7 +21,6 @@ import tempfile
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
 
 from prometheus_client import (
     CollectorRegistry,
@@ -37,11 +36,11 @@ from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 from redis import Redis
 
+from ..keys import JOB_COUNTS_KEY, RATE_LIMIT_WAITS_KEY, UPSTREAM_CALLS_KEY
+from ..store.queues import live_worker_keys, queue_counts
+
 disable_created_metrics()  # type: ignore[no-untyped-call]
 
-JOB_COUNTS_KEY = "osma_router:metrics:jobs"
-UPSTREAM_CALLS_KEY = "osma_router:metrics:upstream"
-RATE_LIMIT_WAITS_KEY = "osma_router:metrics:rate_limit_waits"
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 # Receiver answers take about a millisecond; the top buckets catch Redis trouble.
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
@@ -124,22 +123,6 @@ class JobCounts(Collector):
         yield family
 
 
-def job_count_field(handler: str, outcome: str) -> str:
-    return f"{handler}|{outcome}"
-
-
-def count_upstream_call(redis: Any, upstream: str, status: int | str) -> None:
-    """Count one call to an upstream API (`osma`, `ogsm`) by its HTTP status, or by
-    `timeout` / `error` when no answer came. `redis` may be a pipeline."""
-    redis.hincrby(UPSTREAM_CALLS_KEY, f"{upstream}|{status}", 1)
-
-
-def count_rate_limit_wait(redis: Any, upstream: str, seconds: float) -> None:
-    """Count one wait for an upstream's rate budget (our token bucket or its 429)."""
-    redis.hincrby(RATE_LIMIT_WAITS_KEY, f"{upstream}|waits", 1)
-    redis.hincrbyfloat(RATE_LIMIT_WAITS_KEY, f"{upstream}|seconds", max(0.0, float(seconds)))
-
-
 class ServiceState(Collector):
     """Gauges and worker-side counters read from Redis at scrape time (two round trips)."""
 
@@ -148,8 +131,6 @@ class ServiceState(Collector):
         self.queues = tuple(queues)
 
     def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
-        from ..store.queues import live_worker_keys, queue_counts
-
         up = GaugeMetricFamily("osma_router_redis_up", "1 when Redis answered this scrape, else 0.")
         try:
             counts = queue_counts(self.redis, self.queues)

@@ -25,12 +25,11 @@ from typing import Any
 
 import orjson
 from redis.asyncio import Redis as AsyncRedis
-from redis.asyncio.retry import Retry as AsyncRetry
-from redis.backoff import NoBackoff
 from starlette.types import Receive, Scope, Send
 
 from ..exceptions import (
     HTTPFacingError,
+    InvalidRecords,
     PayloadError,
     StoreUnavailable,
     TooManyRecords,
@@ -47,36 +46,17 @@ from ..model.connectors import (
     ValidationReport,
     event_id_function,
 )
-from ..model.routes import Route, Router
+from ..model.routes import Route, RouteTable
 from ..store.batches import Batch, BatchOutcome, BatchStore, EventCoder, StagedChunk, lay_out_route
-from .app import REDIS_TIMEOUT, ReceiverState, error_body, header, read_body, send_json
+from ..store.connection import UNAVAILABLE, connect_async
+from .asgi import error_body, header, read_body, send_json
+from .state import ReceiverState
 
 log = logging.getLogger("osma_router.osmos")
 
 CHUNK_RECORDS = 1_000  # records per staging script call: ~10 ms of Redis time on a slow machine
 VALIDATE_SLICE = 10_000  # records validated between two yields to the event loop
 LARGE_BODY = 4 * 1_048_576  # bodies above this are ingested one at a time per process
-BATCH_REDIS_TIMEOUT = 60.0  # seconds a script of a big batch may take (a 250k commit: ~1 s)
-
-
-class InvalidRecords(PayloadError):
-    """Records break the schema, or the body is not an object or an array of objects."""
-
-    status_code = 422
-    error_type = "invalid_records"
-
-    def __init__(self, message: str, report: ValidationReport) -> None:
-        super().__init__(message)
-        self.report = report
-
-    def body(self) -> bytes:
-        answer: dict[str, Any] = {
-            "error": {"type": self.error_type, "message": self.message},
-            "records": [error.as_json() for error in self.report.errors],
-        }
-        if self.report.more:
-            answer["more"] = self.report.more
-        return orjson.dumps(answer)
 
 
 def check_media_type(value: bytes | None) -> None:
@@ -101,7 +81,7 @@ def parse_records(body: bytes | bytearray) -> list[Any]:
         return parsed
     report = ValidationReport()
     report.add(RecordError(None, None, "the body must be a JSON object (one record) or an array of objects"))
-    raise InvalidRecords("the body is not a record or an array of records; nothing was stored", report)
+    raise report.rejection("the body is not a record or an array of records; nothing was stored")
 
 
 class OsmosIngest:
@@ -188,10 +168,9 @@ class OsmosIngest:
             validator.validate(records, start, start + VALIDATE_SLICE, report)
             await asyncio.sleep(0)
         if report:
-            raise InvalidRecords(
+            raise report.rejection(
                 f"{report.bad_records} of {len(records)} record(s) break the connector's schema; "
-                "nothing was stored",
-                report,
+                "nothing was stored"
             )
 
     async def _store(
@@ -226,7 +205,7 @@ class OsmosIngest:
             except InvalidRecords:
                 await self._abandon(batch, pending, request_id)
                 raise
-            except Exception as exc:  # Redis refused, went away or timed out: nothing was queued
+            except UNAVAILABLE as exc:  # nothing was queued
                 await self._abandon(batch, pending, request_id)
                 log.warning(
                     "could not store an osmos batch; answering 503 so the sender retries",
@@ -245,12 +224,7 @@ class OsmosIngest:
         if count <= CHUNK_RECORDS:
             yield self.state.redis
             return
-        client = AsyncRedis.from_url(
-            self.state.settings.require_redis_url(),
-            socket_timeout=BATCH_REDIS_TIMEOUT,
-            socket_connect_timeout=REDIS_TIMEOUT,
-            retry=AsyncRetry(NoBackoff(), 0),
-        )
+        client = connect_async(self.state.settings, "batch")
         try:
             yield client
         finally:
@@ -259,11 +233,12 @@ class OsmosIngest:
     @staticmethod
     async def _abandon(batch: Batch, pending: asyncio.Future[None] | None, request_id: str) -> None:
         if pending is not None:
+            # Only waited for so that discard runs after it; what it raised is being answered.
             with contextlib.suppress(Exception):
                 await pending
         try:
             await batch.discard()
-        except Exception as exc:  # the next batch's sweep removes it
+        except UNAVAILABLE as exc:  # the next batch's sweep removes it
             log.info(
                 "could not discard a staged osmos batch; the next batch sweeps it",
                 extra={"request_id": request_id, "reason": type(exc).__name__},
@@ -275,7 +250,7 @@ class RecordEvents:
     route of the event type has a `where` (then per record)."""
 
     def __init__(
-        self, connector: Connector, router: Router, routes: Sequence[Route], coder: EventCoder
+        self, connector: Connector, router: RouteTable, routes: Sequence[Route], coder: EventCoder
     ) -> None:
         self.event_id = event_id_function(connector)
         self.coder = coder
@@ -321,4 +296,4 @@ def unencodable(records: list[Any], first: int) -> InvalidRecords:
         except orjson.JSONEncodeError:
             report.bad_records += 1
             report.add(RecordError(index, None, "the record is nested too deeply to be stored"))
-    return InvalidRecords(f"{report.bad_records} record(s) cannot be stored; nothing was stored", report)
+    return report.rejection(f"{report.bad_records} record(s) cannot be stored; nothing was stored")

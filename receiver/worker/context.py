@@ -8,18 +8,16 @@ import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from redis import Redis
 
 from ..logs import ContextLogger
 from ..settings import Settings
-
-if TYPE_CHECKING:
-    from ..store.ledger import Effect, EffectsLedger
-    from ..upstream.ogsm import AsyncOgsmClient, OgsmClient
-    from ..upstream.osma import AsyncOsmaClient, OsmaClient
-    from .clients import Upstream
+from ..store.ledger import Effect, EffectsLedger
+from ..upstream.ogsm import AsyncOgsmClient, OgsmClient
+from ..upstream.osma import AsyncOsmaClient, OsmaClient
+from .clients import Upstream
 
 
 @dataclass
@@ -54,8 +52,6 @@ class Context:
     @property
     def _clients(self) -> Upstream:
         if self.upstream is None:
-            from .clients import Upstream
-
             self.upstream = Upstream(self.settings, self.redis)
         return self.upstream
 
@@ -86,8 +82,6 @@ class Context:
 
     def effect(self, step: str = "main", intent: Mapping[str, Any] | None = None, scope: str = "") -> Effect:
         """This job's effect named `step`, for `ctx.ledger.perform` (see `receiver/ledger.py`)."""
-        from ..store.ledger import Effect
-
         return Effect(
             self.idempotency_key(step),
             intent=dict(intent or {}),

@@ -23,6 +23,7 @@ from ..model.events import Event, build_event, parse_time
 from ..model.plugins import HandlerRegistry
 from ..model.routes import Config, load_config
 from ..settings import Settings
+from ..upstream.http import record_stats_in
 from .clients import Upstream
 from .context import Context
 
@@ -58,8 +59,6 @@ class WorkerRuntime:
 
     @classmethod
     def install(cls, runtime: WorkerRuntime) -> None:
-        from ..upstream.http import record_stats_in
-
         WorkerRuntime._current = runtime
         record_stats_in(runtime.redis)
 

@@ -15,8 +15,9 @@ from rq.queue import Queue
 from rq.serializers import JSONSerializer
 from rq.worker import SimpleWorker, WorkerStatus
 
-from ..web.metrics import JOB_COUNTS_KEY, job_count_field
+from ..keys import JOB_COUNTS_KEY, job_count_field
 from .execution import WorkerRuntime
+from .jobinfo import event_of, handler_of
 from .shutdown import GracefulShutdown
 
 log = logging.getLogger("osma_router.worker")
@@ -118,7 +119,7 @@ class RouterWorker(GracefulShutdown, SimpleWorker):
 
     def _count_job(self, outcome: str, pipeline: Any) -> None:
         job = self._outcome_job
-        handler = _handler_of(job) if job is not None else "unknown"
+        handler = handler_of(job) if job is not None else "unknown"
         target = pipeline if pipeline is not None else self.connection
         target.hincrby(JOB_COUNTS_KEY, job_count_field(handler, outcome), 1)
         log.log(
@@ -127,7 +128,7 @@ class RouterWorker(GracefulShutdown, SimpleWorker):
             extra={
                 "job_id": job.id if job else None,
                 "handler": handler,
-                "event_id": _event_of(job) if job else None,
+                "event_id": event_of(job) if job else None,
                 "outcome": outcome,
             },
         )
@@ -139,28 +140,11 @@ class RouterWorker(GracefulShutdown, SimpleWorker):
             "handler raised",
             extra={
                 "job_id": job.id,
-                "handler": _handler_of(job),
-                "event_id": _event_of(job),
+                "handler": handler_of(job),
+                "event_id": event_of(job),
                 "reason": type(error).__name__ if error is not None else None,
             },
         )
-
-
-def _spec(job: Job) -> dict[str, Any]:
-    try:
-        args = job.args
-        return args[0] if args and isinstance(args[0], dict) else {}
-    except Exception:
-        return {}
-
-
-def _handler_of(job: Job) -> str:
-    return str(_spec(job).get("route", {}).get("handler", "unknown"))
-
-
-def _event_of(job: Job) -> str | None:
-    value = _spec(job).get("event_id")
-    return str(value) if value is not None else None
 
 
 def run_worker(runtime: WorkerRuntime, queues: Sequence[str], *, burst: bool = False) -> bool:

@@ -24,7 +24,8 @@ from rq.queue import Queue
 from rq.utils import now
 from rq.worker import WorkerStatus
 
-from ..web.metrics import JOB_COUNTS_KEY, job_count_field
+from ..keys import JOB_COUNTS_KEY, job_count_field
+from .jobinfo import event_of, handler_of
 
 log = logging.getLogger("osma_router.worker")
 
@@ -100,9 +101,7 @@ class GracefulShutdown:
 
     def requeue_interrupted(self, job: Job, queue: Queue, execution: Any) -> None:
         """Put an interrupted job back at the front of its queue, in one round trip."""
-        from .runner import _event_of, _handler_of
-
-        handler = _handler_of(job)
+        handler = handler_of(job)
         connection = self.connection  # type: ignore[attr-defined]
         with connection.pipeline() as pipe:
             pipe.multi()  # RQ's enqueue_job wants the transaction opened before any command
@@ -112,5 +111,5 @@ class GracefulShutdown:
             pipe.execute()
         log.warning(
             "job interrupted by shutdown and requeued",
-            extra={"job_id": job.id, "handler": handler, "event_id": _event_of(job), "outcome": "requeued"},
+            extra={"job_id": job.id, "handler": handler, "event_id": event_of(job), "outcome": "requeued"},
         )

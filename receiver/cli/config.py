@@ -1,0 +1,54 @@
+"""`osma-router check-config` and `keygen`."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from ..crypto import new_key
+from ..model.plugins import HandlerRegistry
+from ..model.routes import load_config
+from .common import add_command, current_settings
+
+
+def cmd_check_config(args: argparse.Namespace) -> int:
+    config = current_settings()
+    registry = HandlerRegistry.discover()
+    routes = load_config(config.config_path, registry)
+    print("settings:")
+    for name, value in config.summary().items():
+        print(f"  {name:<22} {value}")
+    print(f"handlers available: {', '.join(sorted(registry.handlers)) or 'none'}")
+    print(f"routes ({len(routes.routes)}):")
+    for route in routes.routes:
+        print(f"  {route.describe()}  [route {route.key}, retries {route.retries}]")
+    print(f"connectors ({len(routes.connectors)}):")
+    for connector in routes.connectors.values():
+        print(f"  {connector.describe()}")
+    warnings = []
+    if not config.webhook_secrets:
+        warnings.append("OSMA_ROUTER_WEBHOOK_SECRETS is not set: `serve` will refuse to start")
+    if not config.redis_url:
+        warnings.append("OSMA_ROUTER_REDIS_URL is not set: only `dev` can run (embedded Redis)")
+    for warning in warnings:
+        print(f"warning: {warning}")
+    print("configuration OK")
+    return 0
+
+
+def cmd_keygen(args: argparse.Namespace) -> int:
+    print(new_key())
+    return 0
+
+
+def add_check_config(sub: Any) -> None:
+    add_command(
+        sub,
+        "check-config",
+        cmd_check_config,
+        "load settings and routes, print what is configured (secrets masked); exit 1 on a bad configuration",
+    )
+
+
+def add_keygen(sub: Any) -> None:
+    add_command(sub, "keygen", cmd_keygen, "print a new Fernet key for OSMA_ROUTER_ENCRYPTION_KEYS")

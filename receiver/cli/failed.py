@@ -1,0 +1,60 @@
+"""`osma-router failed list | show ID | retry (ID | --all)`: the dead-letter place."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from ..exceptions import ConfigError
+from ..store.connection import connect
+from ..store.failed import FailedJobs
+from .common import add_action, add_command, configured_queues, current_settings
+
+
+def _failed_jobs() -> FailedJobs:
+    config = current_settings()
+    return FailedJobs(connect(config, "command"), configured_queues(config))
+
+
+def cmd_failed_list(args: argparse.Namespace) -> int:
+    rows = list(_failed_jobs())
+    if not rows:
+        print("no failed jobs")
+        return 0
+    print(f"{'JOB ID':<44} {'EVENT ID':<28} {'HANDLER':<24} {'ATTEMPTS':>8}  LAST ERROR")
+    for row in rows:
+        print(f"{row.job_id:<44} {row.event_id:<28} {row.handler:<24} {row.attempts:>8}  {row.last_error}")
+    return 0
+
+
+def cmd_failed_show(args: argparse.Namespace) -> int:
+    job = _failed_jobs().get(args.id)
+    for name, value in vars(job).items():
+        print(f"{name:<11} {value}")
+    return 0
+
+
+def cmd_failed_retry(args: argparse.Namespace) -> int:
+    failed = _failed_jobs()
+    if args.all:
+        count = failed.retry_all()
+        print(f"requeued {count} failed job(s)")
+    else:
+        if not args.id:
+            raise ConfigError("failed retry needs a job id or --all")
+        failed.retry(args.id)
+        print(f"requeued {args.id}")
+    return 0
+
+
+def add_commands(sub: Any) -> None:
+    """`osma-router failed list | show | retry`."""
+    p = add_command(sub, "failed", lambda a: 0, "inspect and requeue handler jobs that ran out of retries")
+    actions = p.add_subparsers(dest="failed_command", metavar="ACTION")
+    actions.required = True
+    add_action(actions, "list", cmd_failed_list, "one row per failed job")
+    show = add_action(actions, "show", cmd_failed_show, "details of one failed job")
+    show.add_argument("id", metavar="JOB_ID")
+    retry = add_action(actions, "retry", cmd_failed_retry, "requeue one failed job, or all of them")
+    retry.add_argument("id", nargs="?", metavar="JOB_ID")
+    retry.add_argument("--all", action="store_true", help="requeue every failed job")

@@ -1,0 +1,82 @@
+"""Every Redis key osma-router writes, in one place.
+
+Our own keys start with `osma_router:`; RQ's (`rq:job:<id>`, `rq:queue:<name>`,
+`rq:queues`) are written by the admission and batch scripts exactly as RQ names them.
+Key names hold ids only (event ids, connector names, handler names), never member or task
+data. `docs/operations.md` lists each key with what it holds and how long it lives.
+"""
+
+from __future__ import annotations
+
+PREFIX = "osma_router"
+
+# RQ's own names: the scripts write jobs and queues that an RQ worker then reads.
+RQ_QUEUES_KEY = "rq:queues"
+RQ_QUEUE_PREFIX = "rq:queue:"
+RQ_JOB_PREFIX = "rq:job:"
+
+# Captured deliveries: one stream, trimmed by age and count.
+CAPTURE_KEY = f"{PREFIX}:capture"
+
+# Counters that workers write and every receiver's /metrics reads.
+JOB_COUNTS_KEY = f"{PREFIX}:metrics:jobs"  # field "<handler>|<outcome>"
+UPSTREAM_CALLS_KEY = f"{PREFIX}:metrics:upstream"  # field "<upstream>|<status>"
+RATE_LIMIT_WAITS_KEY = f"{PREFIX}:metrics:rate_limit_waits"  # fields "<upstream>|waits", "|seconds"
+
+# Osmos batches: the in-flight set, and per connector its dedup marks and commits.
+OSMOS_INFLIGHT_KEY = f"{PREFIX}:osmos:inflight"
+
+# The pattern `status` counts remembered event ids with (SCAN, never KEYS).
+SEEN_PATTERN = f"{PREFIX}:seen:*"
+SEEN_PREFIX = f"{PREFIX}:seen:"
+
+
+def dedup_key(source: str, event_id: str) -> str:
+    """The mark that an event id was accepted (event ids only: no payload data)."""
+    return f"{SEEN_PREFIX}{source}:{event_id}"
+
+
+def job_count_field(handler: str, outcome: str) -> str:
+    return f"{handler}|{outcome}"
+
+
+def osmos_seen_key(connector: str) -> str:
+    """The sorted set of a connector's dedup marks (event id -> expiry, ms)."""
+    return f"{PREFIX}:osmos:seen:{connector}"
+
+
+def osmos_commits_key(connector: str) -> str:
+    """A connector's commit counter: did any batch commit since this one began staging?"""
+    return f"{PREFIX}:osmos:commits:{connector}"
+
+
+def osmos_batch_prefix(member: str) -> str:
+    """What every key of one staged batch starts with (see store/batch_scripts.py)."""
+    return f"{PREFIX}:osmos:batch:{member}:"
+
+
+def rate_limit_key(scope: str, endpoint: str) -> str:
+    return f"{PREFIX}:ratelimit:{scope}:{endpoint}"
+
+
+def effect_key(effect: str) -> str:
+    """An effect's intent and outcome (effects ledger)."""
+    return f"{PREFIX}:effect:{effect}"
+
+
+def effects_of_key(event_id: str) -> str:
+    """The outcomes recorded for one event, by label."""
+    return f"{PREFIX}:effects-of:{event_id}"
+
+
+def claims_key(scope: str) -> str:
+    """Upstream ids already claimed as the outcome of some effect of `scope`."""
+    return f"{PREFIX}:claimed:{scope}"
+
+
+def lock_key(name: str) -> str:
+    return f"{PREFIX}:lock:{name}"
+
+
+def watermark_key(name: str) -> str:
+    return f"{PREFIX}:mark:{name}"
