@@ -2,28 +2,12 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import orjson
 from redis import Redis
-from support import ROOT, env_for, subprocess_env
 
-
-def osma_router(
-    args: list[str], env: dict[str, str], timeout: float = 60
-) -> subprocess.CompletedProcess[str]:
-    """Run `osma-router ARGS` as a user would, with exactly `env` as its OSMA_ROUTER_* settings."""
-    return subprocess.run(
-        [sys.executable, "-m", "receiver.cli", *args],
-        env=subprocess_env(env),
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-    )
+from tests.support import env_for
 
 
 def cli_env(redis_url: str, routes: Path | None = None, **overrides: str) -> dict[str, str]:

@@ -12,7 +12,6 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, settings
 from redis import Redis
-from support import LiveServer, Receiver, env_for
 
 from receiver.model.plugins import HandlerRegistry
 from receiver.model.routes import load_config
@@ -20,6 +19,7 @@ from receiver.settings import Settings
 from receiver.store.server import RedisServer, find_redis_server
 from receiver.web.app import create_app
 from receiver.web.state import build_state
+from tests.support import LiveServer, Receiver, env_for
 
 # Hypothesis profiles, chosen by HYPOTHESIS_PROFILE (README, "Testing"):
 # - dev (default): random examples, the failing one is kept in .hypothesis/ and tried first;

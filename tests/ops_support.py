@@ -5,15 +5,14 @@ from __future__ import annotations
 
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import httpx
-from support import subprocess_env
 
 from receiver.store.server import free_port
+from tests.support import OSMA_ROUTER, subprocess_env
 
 
 class Process:
@@ -23,7 +22,7 @@ class Process:
         self.log_path = cwd / f"{name}.stderr"
         self._log = self.log_path.open("wb")
         self.popen = subprocess.Popen(
-            [sys.executable, "-m", "receiver.cli", *args],
+            [*OSMA_ROUTER, *args],
             env=subprocess_env(env),
             cwd=cwd,
             stdout=subprocess.PIPE,

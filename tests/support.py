@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -26,6 +27,7 @@ if str(PLUGIN_PATH) not in sys.path:
     sys.path.insert(0, str(PLUGIN_PATH))
 
 SECRET = "whsec_test_secret"
+OSMA_ROUTER = [sys.executable, "-m", "receiver.cli"]  # the `osma-router` command, from this checkout
 _ids = itertools.count(1)
 
 
@@ -80,6 +82,23 @@ def subprocess_env(env: dict[str, str]) -> dict[str, str]:
     full.update(env)
     full["PYTHONPATH"] = os.pathsep.join(filter(None, [str(PLUGIN_PATH), str(ROOT), full.get("PYTHONPATH")]))
     return full
+
+
+def osma_router(
+    args: list[str], env: dict[str, str], cwd: Path = ROOT, *, timeout: float = 60, **kw: Any
+) -> subprocess.CompletedProcess[str]:
+    """Run `osma-router ARGS` as a user would, with exactly `env` as its OSMA_ROUTER_*
+    settings; its output is captured as text, and a non-zero exit is the caller's to judge."""
+    return subprocess.run(
+        [*OSMA_ROUTER, *args],
+        env=subprocess_env(env),
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+        **kw,
+    )
 
 
 class Receiver:

@@ -27,7 +27,7 @@ import httpx
 import orjson
 
 from ..exceptions import InvalidRequest, RateLimited, Rejected, Unavailable
-from ..web.metrics import count_rate_limit_wait, count_upstream_call
+from ..keys import RATE_LIMIT_WAITS_KEY, UPSTREAM_CALLS_KEY
 from .ratelimit import RateLimiter
 
 log = logging.getLogger("osma_router.upstream")
@@ -92,6 +92,18 @@ def record_stats_in(redis: Any) -> None:
     receiver's /metrics reads them (`osma_router_upstream_calls_total`, ...)."""
     global _stats_redis
     _stats_redis = redis
+
+
+def count_upstream_call(redis: Any, upstream: str, status: int | str) -> None:
+    """Count one call to an upstream API (`osma`, `ogsm`) by its HTTP status, or by
+    `timeout` / `error` when no answer came. `redis` may be a pipeline."""
+    redis.hincrby(UPSTREAM_CALLS_KEY, f"{upstream}|{status}", 1)
+
+
+def count_rate_limit_wait(redis: Any, upstream: str, seconds: float) -> None:
+    """Count one wait for an upstream's rate budget (our token bucket or its 429)."""
+    redis.hincrby(RATE_LIMIT_WAITS_KEY, f"{upstream}|waits", 1)
+    redis.hincrbyfloat(RATE_LIMIT_WAITS_KEY, f"{upstream}|seconds", max(0.0, float(seconds)))
 
 
 def _count(record: Callable[[], None]) -> None:

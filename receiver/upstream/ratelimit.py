@@ -15,11 +15,12 @@ import hashlib
 
 from redis import Redis
 
+from ..keys import rate_limit_key
+
 OSMA_LIVE_PER_SECOND = 100
 OSMA_TEST_PER_SECOND = 20
 REFILL_SHARE = 0.8
 BURST_SHARE = 0.1
-KEY_PREFIX = "osma_router:ratelimit:"
 
 # GCRA: `tat` is the time at which the bucket would be full again. Each request moves it
 # one interval on; a request may start once `tat` is within `burst` intervals of now.
@@ -60,5 +61,5 @@ class RateLimiter:
 
     def reserve(self, endpoint: str) -> float:
         """Take one request's slot on `endpoint`; the seconds to wait before sending it."""
-        waited = self._script(keys=[f"{KEY_PREFIX}{self.scope}:{endpoint}"], args=[self.refill, self.burst])
+        waited = self._script(keys=[rate_limit_key(self.scope, endpoint)], args=[self.refill, self.burst])
         return float(waited)

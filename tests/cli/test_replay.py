@@ -8,12 +8,12 @@ from pathlib import Path
 
 import orjson
 import pytest
-from capture_support import capture_line, cli_env, osma_router, read_lines, redis_contents
 from cryptography.fernet import Fernet
-from support import SECRET, handled, make_event
 
 from receiver.keys import dedup_key
 from receiver.store.server import free_port
+from tests.capture_support import capture_line, cli_env, osma_router, read_lines, redis_contents
+from tests.support import SECRET, handled, make_event
 
 KEY = Fernet.generate_key().decode()
 ROUTES = """

@@ -5,33 +5,17 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
 import time
-from pathlib import Path
 
 import httpx
 import pytest
-from support import SECRET, env_for, handled, make_event, subprocess_env
 
 from receiver.model.signature import SignatureVerifier
 from receiver.settings import Secret
 from receiver.store.server import free_port
+from tests.support import OSMA_ROUTER, ROOT, SECRET, env_for, handled, make_event, osma_router, subprocess_env
 
 COMMANDS = ["dev", "serve", "worker", "sign", "send", "check-config", "failed"]
-
-
-def run(
-    args: list[str], env: dict[str, str], cwd: Path, timeout: float = 60, **kw
-) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "receiver.cli", *args],
-        env=subprocess_env(env),
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        **kw,
-    )
 
 
 def wait_until_up(url: str, process: subprocess.Popen, timeout: float = 20) -> None:
@@ -53,7 +37,7 @@ def stop(process: subprocess.Popen, sig: int = signal.SIGTERM) -> int:
 
 
 def test_help_lists_every_command(tmp_path):
-    result = run(["--help"], {}, tmp_path)
+    result = osma_router(["--help"], {}, tmp_path)
     assert result.returncode == 0
     for command in COMMANDS:
         assert command in result.stdout
@@ -62,7 +46,9 @@ def test_help_lists_every_command(tmp_path):
 def test_sign_prints_only_the_header_value(tmp_path):
     body = make_event(event_id="evt_sign")
     (tmp_path / "event.json").write_bytes(body)
-    result = run(["sign", "--secret", SECRET, "--timestamp", "1700000000", "event.json"], {}, tmp_path)
+    result = osma_router(
+        ["sign", "--secret", SECRET, "--timestamp", "1700000000", "event.json"], {}, tmp_path
+    )
     assert result.returncode == 0
     header = result.stdout.strip()
     assert header.startswith("t=1700000000,v1=") and "\n" not in header
@@ -70,7 +56,7 @@ def test_sign_prints_only_the_header_value(tmp_path):
 
 
 def test_missing_file_is_one_line_and_exit_1(tmp_path):
-    result = run(["sign", "--secret", SECRET, "nope.json"], {}, tmp_path)
+    result = osma_router(["sign", "--secret", SECRET, "nope.json"], {}, tmp_path)
     assert result.returncode == 1
     assert result.stderr.strip().count("\n") == 0 and "nope.json" in result.stderr
     assert "Traceback" not in result.stderr
@@ -86,7 +72,7 @@ def test_missing_file_is_one_line_and_exit_1(tmp_path):
     ],
 )
 def test_serve_refuses_a_bad_configuration_in_one_line(tmp_path, redis_server, env, names):
-    result = run(
+    result = osma_router(
         ["serve", "--port", str(free_port())], env_for(redis_server.url, **env), tmp_path, timeout=30
     )
     assert result.returncode == 1
@@ -96,7 +82,7 @@ def test_serve_refuses_a_bad_configuration_in_one_line(tmp_path, redis_server, e
 
 def test_check_config_lists_routes_and_masks_secrets(tmp_path, redis_server, write_routes):
     routes = write_routes('[[routes]]\non = "task.completed"\nhandler = "sample.record"\nlabel = "x"\n')
-    result = run(
+    result = osma_router(
         ["check-config"], env_for(redis_server.url, routes, OSMA_ROUTER_OGSM_PASSWORD="hunter2-pw"), tmp_path
     )
     assert result.returncode == 0, result.stderr
@@ -107,7 +93,7 @@ def test_check_config_lists_routes_and_masks_secrets(tmp_path, redis_server, wri
 
 def test_check_config_rejects_an_unknown_handler(tmp_path, redis_server, write_routes):
     routes = write_routes('[[routes]]\non = "task.completed"\nhandler = "no.such"\n')
-    result = run(["check-config"], env_for(redis_server.url, routes), tmp_path)
+    result = osma_router(["check-config"], env_for(redis_server.url, routes), tmp_path)
     assert result.returncode == 1
     assert "no.such" in result.stderr and str(routes) in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
@@ -121,7 +107,7 @@ def test_serve_send_worker_and_failed_commands_end_to_end(tmp_path, redis, redis
     env = env_for(redis_server.url, routes)
     port = free_port()
     serve = subprocess.Popen(
-        [sys.executable, "-m", "receiver.cli", "serve", "--port", str(port)],
+        [*OSMA_ROUTER, "serve", "--port", str(port)],
         env=subprocess_env(env),
         cwd=tmp_path,
         stdout=subprocess.PIPE,
@@ -132,36 +118,38 @@ def test_serve_send_worker_and_failed_commands_end_to_end(tmp_path, redis, redis
         url = f"http://127.0.0.1:{port}"
         wait_until_up(url, serve)
         (tmp_path / "event.json").write_bytes(make_event(event_id="evt_cli"))
-        sent = run(["send", f"{url}/webhooks/osma", "event.json", "--secret", SECRET], env, tmp_path)
+        sent = osma_router(["send", f"{url}/webhooks/osma", "event.json", "--secret", SECRET], env, tmp_path)
         assert sent.returncode == 0
         assert sent.stdout.splitlines()[0] == "HTTP 202 Accepted"
         assert '"jobs":2' in sent.stdout
-        again = run(["send", f"{url}/webhooks/osma", "event.json", "--secret", SECRET], env, tmp_path)
+        again = osma_router(["send", f"{url}/webhooks/osma", "event.json", "--secret", SECRET], env, tmp_path)
         assert again.returncode == 0 and "duplicate" in again.stdout
-        bad = run(["send", f"{url}/webhooks/osma", "event.json", "--secret", "whsec_wrong"], env, tmp_path)
+        bad = osma_router(
+            ["send", f"{url}/webhooks/osma", "event.json", "--secret", "whsec_wrong"], env, tmp_path
+        )
         assert bad.returncode == 1 and "HTTP 401" in bad.stdout and "signature_mismatch" in bad.stdout
 
         redis.set("test:broken", "1")
-        worker = run(["worker", "--burst"], env, tmp_path)
+        worker = osma_router(["worker", "--burst"], env, tmp_path)
         assert worker.returncode == 0, worker.stderr
         assert "evt_cli|sample.record|cli|1" in handled(redis)
 
-        listed = run(["failed", "list"], env, tmp_path)
+        listed = osma_router(["failed", "list"], env, tmp_path)
         assert listed.returncode == 0
         (row,) = [line for line in listed.stdout.splitlines() if "evt_cli" in line]
         job_id = row.split()[0]
         assert "sample.broken" in row and "HandlerError: broken on purpose" in row
 
-        shown = run(["failed", "show", job_id], env, tmp_path)
+        shown = osma_router(["failed", "show", job_id], env, tmp_path)
         assert shown.returncode == 0 and "evt_cli" in shown.stdout
-        missing = run(["failed", "show", "no_such_job"], env, tmp_path)
+        missing = osma_router(["failed", "show", "no_such_job"], env, tmp_path)
         assert missing.returncode == 1 and "no_such_job" in missing.stderr
 
         redis.delete("test:broken")
-        assert run(["failed", "retry", "--all"], env, tmp_path).returncode == 0
-        assert run(["worker", "--burst"], env, tmp_path).returncode == 0
-        assert "no failed jobs" in run(["failed", "list"], env, tmp_path).stdout
-        assert run(["failed", "retry", "--all"], env, tmp_path).returncode == 0
+        assert osma_router(["failed", "retry", "--all"], env, tmp_path).returncode == 0
+        assert osma_router(["worker", "--burst"], env, tmp_path).returncode == 0
+        assert "no failed jobs" in osma_router(["failed", "list"], env, tmp_path).stdout
+        assert osma_router(["failed", "retry", "--all"], env, tmp_path).returncode == 0
         # uvicorn shuts down gracefully, then re-raises SIGTERM so the exit shows it
         assert stop(serve) in (0, -signal.SIGTERM)
         logs = serve.stderr.read()
@@ -175,9 +163,9 @@ def test_serve_send_worker_and_failed_commands_end_to_end(tmp_path, redis, redis
 
 def test_dev_runs_everything_and_stops_cleanly_on_ctrl_c(tmp_path):
     port = free_port()
-    env = {"OSMA_ROUTER_CONFIG": str(Path(__file__).parent.parent / "examples" / "osma-router.toml")}
+    env = {"OSMA_ROUTER_CONFIG": str(ROOT / "examples" / "osma-router.toml")}
     dev = subprocess.Popen(
-        [sys.executable, "-m", "receiver.cli", "dev", "--port", str(port)],
+        [*OSMA_ROUTER, "dev", "--port", str(port)],
         env=subprocess_env(env),
         cwd=tmp_path,
         stdout=subprocess.PIPE,

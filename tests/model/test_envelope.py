@@ -8,10 +8,10 @@ from typing import Any
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from support import examples
 
 from receiver.exceptions import PayloadError, RouterError
 from receiver.model.events import parse_envelope
+from tests.support import examples
 
 bounded = settings(max_examples=examples(300), deadline=None)
 

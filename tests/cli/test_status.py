@@ -4,31 +4,17 @@ from __future__ import annotations
 
 import json
 import socket
-import subprocess
-import sys
 
 from rq.serializers import JSONSerializer
 from rq.worker import SimpleWorker
-from support import env_for, make_event, subprocess_env
 
 from receiver.store.server import free_port
+from tests.support import env_for, make_event, osma_router
 
 ROUTES = (
     '[[routes]]\non = "task.completed"\nhandler = "sample.record"\n\n'
     '[[routes]]\non = "task.completed"\nhandler = "sample.rejects"\nqueue = "slow-lane"\n'
 )
-
-
-def run(args: list[str], env: dict[str, str], cwd, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "receiver.cli", *args],
-        env=subprocess_env(env),
-        cwd=cwd,
-        check=False,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
 
 
 def test_status_shows_queues_failed_jobs_workers_dedup_and_capture(tmp_path, redis, start_receiver):
@@ -41,7 +27,7 @@ def test_status_shows_queues_failed_jobs_workers_dedup_and_capture(tmp_path, red
     worker.register_birth()
     try:
         env = env_for(receiver.settings.redis_url, receiver.settings.config_path)
-        result = run(["status"], env, tmp_path)
+        result = osma_router(["status"], env, tmp_path)
         assert result.returncode == 0, result.stderr
         lines = result.stdout.splitlines()
         table = {
@@ -61,7 +47,7 @@ def test_status_shows_queues_failed_jobs_workers_dedup_and_capture(tmp_path, red
         assert "3 event id(s) remembered (osma 3)" in result.stdout
         assert "capture  off, 0 delivery(ies) kept" in result.stdout
 
-        as_json = json.loads(run(["status", "--json"], env, tmp_path).stdout)
+        as_json = json.loads(osma_router(["status", "--json"], env, tmp_path).stdout)
         assert as_json["dedup"] == {
             "by_source": {"osma": 3},
             "complete": True,
@@ -79,9 +65,9 @@ def test_status_counts_dedup_keys_in_bounded_steps(tmp_path, redis, redis_server
         for number in range(20_000):
             pipe.set(f"osma_router:seen:osma:evt_many_{number}", "1")
         pipe.execute()
-    complete = run(["status", "--json"], env_for(redis_server.url), tmp_path)
+    complete = osma_router(["status", "--json"], env_for(redis_server.url), tmp_path)
     assert json.loads(complete.stdout)["dedup"]["by_source"] == {"osma": 20_000}
-    partial = run(["status", "--scan-budget", "0.000001"], env_for(redis_server.url), tmp_path)
+    partial = osma_router(["status", "--scan-budget", "0.000001"], env_for(redis_server.url), tmp_path)
     assert partial.returncode == 0
     line = next(line for line in partial.stdout.splitlines() if line.startswith("dedup"))
     assert "at least (scan stopped after" in line
@@ -90,7 +76,7 @@ def test_status_counts_dedup_keys_in_bounded_steps(tmp_path, redis, redis_server
 
 
 def test_status_without_redis_is_one_line(tmp_path):
-    result = run(["status"], env_for(f"redis://127.0.0.1:{free_port()}/0"), tmp_path)
+    result = osma_router(["status"], env_for(f"redis://127.0.0.1:{free_port()}/0"), tmp_path)
     assert result.returncode == 1
     assert result.stderr.startswith("osma-router: error: ") and "Traceback" not in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
@@ -98,11 +84,11 @@ def test_status_without_redis_is_one_line(tmp_path):
 
 def test_healthcheck_probes_the_receiver(tmp_path, start_receiver):
     receiver = start_receiver()
-    ok = run(["healthcheck", "--url", receiver.url + "/healthz"], {}, tmp_path)
+    ok = osma_router(["healthcheck", "--url", receiver.url + "/healthz"], {}, tmp_path)
     assert ok.returncode == 0, ok.stderr
-    ready = run(["healthcheck", "--url", receiver.url + "/readyz"], {}, tmp_path)
+    ready = osma_router(["healthcheck", "--url", receiver.url + "/readyz"], {}, tmp_path)
     assert ready.returncode == 0
-    down = run(
+    down = osma_router(
         ["healthcheck", "--url", f"http://127.0.0.1:{free_port()}/healthz", "--timeout", "1"], {}, tmp_path
     )
     assert down.returncode == 1 and down.stderr.startswith("osma-router: error: unhealthy:")
@@ -110,13 +96,13 @@ def test_healthcheck_probes_the_receiver(tmp_path, start_receiver):
 
 def test_healthcheck_of_a_worker_looks_for_this_hosts_worker(tmp_path, redis, redis_server):
     env = env_for(redis_server.url)
-    assert run(["healthcheck", "--worker"], env, tmp_path).returncode == 1
+    assert osma_router(["healthcheck", "--worker"], env, tmp_path).returncode == 1
     worker = SimpleWorker(["osma-router"], connection=redis, serializer=JSONSerializer)
     worker.register_birth()
     try:
-        assert run(["healthcheck", "--worker"], env, tmp_path).returncode == 0
+        assert osma_router(["healthcheck", "--worker"], env, tmp_path).returncode == 0
         assert worker.hostname == socket.gethostname()
-        other = run(["healthcheck", "--worker", "--host", "another-pod"], env, tmp_path)
+        other = osma_router(["healthcheck", "--worker", "--host", "another-pod"], env, tmp_path)
         assert other.returncode == 1 and "another-pod" in other.stderr
     finally:
         worker.register_death()

@@ -7,7 +7,6 @@ from __future__ import annotations
 import hashlib
 import json
 import subprocess
-import sys
 import threading
 import time
 from datetime import UTC, datetime
@@ -18,11 +17,11 @@ import httpx
 import orjson
 import pytest
 from redis import Redis
-from support import env_for, handled, subprocess_env
 
 from receiver.keys import OSMOS_INFLIGHT_KEY, osmos_seen_key
 from receiver.store.server import RedisServer, free_port
 from receiver.web.osmos import CHUNK_RECORDS
+from tests.support import OSMA_ROUTER, env_for, handled, osma_router, subprocess_env
 
 TOKEN = "osmos-test-token-1234"
 QUEUE = "rq:queue:osma-router"
@@ -509,20 +508,9 @@ def test_metrics_count_osmos_records(osmos, redis):
 # -- check-config ------------------------------------------------------------------------
 
 
-def run_cli(args: list[str], env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "receiver.cli", *args],
-        env=subprocess_env(env),
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-
-
 def test_check_config_lists_connectors_with_the_token_masked(tmp_path, redis_server, write_routes):
     routes = write_routes(ROUTES)
-    result = run_cli(["check-config"], env_for(redis_server.url, routes, CRM_OSMOS_TOKEN=TOKEN), tmp_path)
+    result = osma_router(["check-config"], env_for(redis_server.url, routes, CRM_OSMOS_TOKEN=TOKEN), tmp_path)
     assert result.returncode == 0, result.stderr
     assert "connectors (2):" in result.stdout
     assert "crm: POST /ingest/osmos/crm -> osmos.crm.record" in result.stdout
@@ -533,7 +521,7 @@ def test_check_config_fails_in_one_line_when_the_token_variable_is_unset(
     tmp_path, redis_server, write_routes
 ):
     routes = write_routes(ROUTES)
-    result = run_cli(["check-config"], env_for(redis_server.url, routes), tmp_path)
+    result = osma_router(["check-config"], env_for(redis_server.url, routes), tmp_path)
     assert result.returncode == 1
     (line,) = result.stderr.strip().splitlines()
     assert str(routes) in line and "'crm'" in line and "CRM_OSMOS_TOKEN" in line
@@ -559,7 +547,7 @@ def test_250000_records_through_a_real_server_in_bounded_time_and_memory(
     routes = write_routes('[[routes]]\non = "osmos.crm.record"\nhandler = "noop"\n' + CONNECTORS)
     port = free_port()
     server = subprocess.Popen(
-        [sys.executable, "-m", "receiver.cli", "serve", "--port", str(port)],
+        [*OSMA_ROUTER, "serve", "--port", str(port)],
         cwd=tmp_path,
         env=subprocess_env(env_for(redis_server.url, routes, CRM_OSMOS_TOKEN=TOKEN)),
         stdout=subprocess.DEVNULL,

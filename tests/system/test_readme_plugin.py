@@ -9,7 +9,8 @@ import tomllib
 from pathlib import Path
 
 import pytest
-from support import ROOT, make_event
+
+from tests.support import ROOT, make_event
 
 EXAMPLE = ROOT / "examples" / "plugin"
 

@@ -11,8 +11,8 @@
   retried (reconciled, so the effect happens once), dead-lettered when it persists, and
   the worker never crashes.
 
-(Worker SIGKILL mid-run and upstream 5xx/429/400 are in test_upstream_e2e.py; Redis
-stopped outright in test_receiver.py.)
+(Worker SIGKILL mid-run and upstream 5xx/429/400 are in tests/upstream/test_upstream_e2e.py; Redis
+stopped outright in tests/web/test_receiver.py.)
 """
 
 from __future__ import annotations
@@ -22,7 +22,6 @@ import signal
 import socket
 import struct
 import subprocess
-import sys
 import threading
 import time
 from collections import Counter
@@ -34,11 +33,9 @@ from typing import Any
 import httpx
 import orjson
 import pytest
-from ops_support import Server, wait_for
 from redis import Redis
 from rq.registry import FailedJobRegistry
 from rq.serializers import JSONSerializer
-from support import Receiver, env_for, handled, make_event, signature_headers, subprocess_env
 
 from receiver.keys import dedup_key
 from receiver.model.plugins import HandlerRegistry
@@ -51,6 +48,16 @@ from receiver.testing.fake_ogsm import FakeOgsm
 from receiver.testing.server import LiveServer
 from receiver.web.app import create_app
 from receiver.web.state import build_state
+from tests.ops_support import Server, wait_for
+from tests.support import (
+    OSMA_ROUTER,
+    Receiver,
+    env_for,
+    handled,
+    make_event,
+    signature_headers,
+    subprocess_env,
+)
 
 QUEUE = "osma-router"
 TWO_ROUTES = """
@@ -437,7 +444,7 @@ def completion(event_id: str, score: int) -> bytes:
 def worker_burst(setup: dict[str, Any]) -> subprocess.CompletedProcess[str]:
     """`osma-router worker --burst` as a subprocess: it must exit 0 without a traceback."""
     result = subprocess.run(
-        [sys.executable, "-m", "receiver.cli", "worker", "--burst"],
+        [*OSMA_ROUTER, "worker", "--burst"],
         env=subprocess_env(setup["env"]),
         cwd=setup["cwd"],
         capture_output=True,

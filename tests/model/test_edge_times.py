@@ -10,10 +10,10 @@ from datetime import UTC, datetime
 import orjson
 import pytest
 from rq.registry import FailedJobRegistry
-from support import handled, make_event
 
 from receiver.model.connectors import FieldSpec, RecordValidator
 from receiver.model.events import parse_time
+from tests.support import handled, make_event
 
 EDGES = ["0001-01-01T00:00+05:30", "9999-12-31T23:59-05:00", "0001-01-01T00:00:00+14:00"]
 TOKEN = "osmos-edge-token-1234"

@@ -11,10 +11,10 @@ import sys
 import tomllib
 
 import pytest
-from support import ROOT, subprocess_env
 
 from receiver.model.plugins import HandlerRegistry
 from receiver.model.routes import parse_config
+from tests.support import ROOT, subprocess_env
 
 DOC = ROOT / "docs" / "upstream.md"
 EXAMPLE = ROOT / "examples" / "upstream_plugin"

@@ -12,7 +12,6 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from support import examples
 
 from receiver.exceptions import ConfigError
 from receiver.model.connectors import (
@@ -25,6 +24,7 @@ from receiver.model.connectors import (
     record_event_id,
 )
 from receiver.model.routes import load_config, parse_config
+from tests.support import examples
 
 ENV = {"CRM_TOKEN": "s3cret-token"}
 GOOD = {
@@ -213,7 +213,7 @@ schemas = st.lists(
 )
 OFFSETS = [UTC, timezone(timedelta(hours=5, minutes=30)), timezone(-timedelta(hours=11))]
 # One day in from each end, so that every offset above still lands inside datetime's range in
-# UTC; what the product does with the edges themselves is pinned in test_edge_times.py.
+# UTC; what the product does with the edges themselves is pinned in tests/model/test_edge_times.py.
 INNER_DATETIMES = st.datetimes(
     min_value=datetime(1, 1, 2), max_value=datetime(9999, 12, 30), timezones=st.sampled_from(OFFSETS)
 )

@@ -6,9 +6,9 @@ from __future__ import annotations
 import re
 
 from prometheus_client.parser import text_string_to_metric_families
-from support import make_event, signature_headers
 
 from receiver.upstream.http import count_rate_limit_wait, count_upstream_call
+from tests.support import ROOT, make_event, signature_headers
 
 ROUTES = (
     '[[routes]]\non = "task.completed"\nhandler = "sample.record"\n\n'
@@ -127,12 +127,11 @@ def test_metrics_still_answer_while_redis_is_away(start_receiver, redis_server):
 def test_every_metric_is_documented(start_receiver):
     """The operations docs (docs/operations.md, or the README once merged) list every
     family /metrics exposes."""
-    from pathlib import Path
 
     receiver = start_receiver()
     text = receiver.http.get("/metrics").text
     names = set(re.findall(r"^# TYPE (\w+) ", text, flags=re.MULTILINE))
-    root = Path(__file__).resolve().parent.parent
+    root = ROOT
     doc = "".join(p.read_text() for p in (root / "docs" / "operations.md", root / "README.md") if p.is_file())
     missing = [name for name in sorted(names) if name not in doc]
     assert not missing, missing

@@ -13,11 +13,11 @@ import json
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from support import examples
 
 from receiver.exceptions import RouterError, VerificationError
 from receiver.model.signature import SignatureVerifier, parse_header, sign, verify_signature
 from receiver.settings import Secret
+from tests.support import examples
 
 SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
 OLD_SECRET = "whsec_old_0123456789abcdef"

@@ -12,12 +12,12 @@ from typing import Any
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from support import examples
 
 from receiver.exceptions import ConfigError
 from receiver.model.events import Event, build_event
 from receiver.model.plugins import HandlerGroup, HandlerRegistry
 from receiver.model.routes import Config, Route, RouteTable, job_id, load_config, parse_config
+from tests.support import examples
 
 RECEIVED = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
 JOB_ID = re.compile(r"[A-Za-z0-9_-]+")

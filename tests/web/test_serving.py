@@ -8,23 +8,22 @@ import signal
 import socket
 import ssl
 import subprocess
-import sys
 import time
 from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
 import pytest
-from ops_support import Process, Server, wait_for
 from prometheus_client.multiprocess import MultiProcessCollector
 from rq.registry import FailedJobRegistry, StartedJobRegistry
-from support import env_for, handled, make_event, signature_headers, subprocess_env
 
 from receiver.dev.tls import ensure_dev_certificate, make_self_signed
 from receiver.exceptions import ConfigError
 from receiver.keys import JOB_COUNTS_KEY, dedup_key
 from receiver.settings import Settings
 from receiver.store.server import free_port
+from tests.ops_support import Process, Server, wait_for
+from tests.support import OSMA_ROUTER, env_for, handled, make_event, signature_headers, subprocess_env
 
 
 def tls_files(tmp_path: Path) -> tuple[Path, Path]:
@@ -72,9 +71,7 @@ def test_serve_refuses_an_unusable_certificate_in_one_line(tmp_path, redis_serve
     (tmp_path / "garbage.pem").write_text("not a key")
     result = subprocess.run(
         [
-            sys.executable,
-            "-m",
-            "receiver.cli",
+            *OSMA_ROUTER,
             "serve",
             "--port",
             str(free_port()),
@@ -112,7 +109,7 @@ def test_dev_certificate_is_made_once_and_reused(tmp_path):
 def test_dev_https_serves_localhost_and_says_how_to_trust_it(tmp_path, redis, redis_server):
     port = free_port()
     dev = subprocess.Popen(
-        [sys.executable, "-m", "receiver.cli", "dev", "--https", "--port", str(port)],
+        [*OSMA_ROUTER, "dev", "--https", "--port", str(port)],
         env=subprocess_env(env_for(redis_server.url)),
         cwd=tmp_path,
         stdout=subprocess.PIPE,
@@ -189,7 +186,7 @@ def test_forwarded_headers_count_only_from_trusted_proxies(tmp_path, redis, redi
 
 def test_a_bad_trusted_proxy_entry_is_a_one_line_error(tmp_path, redis_server):
     result = subprocess.run(
-        [sys.executable, "-m", "receiver.cli", "check-config"],
+        [*OSMA_ROUTER, "check-config"],
         env=subprocess_env(env_for(redis_server.url, OSMA_ROUTER_TRUSTED_PROXIES="10.0.0.0/8,caddy")),
         cwd=tmp_path,
         check=False,

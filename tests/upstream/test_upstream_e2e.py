@@ -9,7 +9,6 @@ from __future__ import annotations
 import base64
 import signal
 import subprocess
-import sys
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -19,11 +18,11 @@ import orjson
 import pytest
 from rq.registry import ScheduledJobRegistry, StartedJobRegistry
 from rq.serializers import JSONSerializer
-from support import env_for, signature_headers, subprocess_env
 
 from receiver.store.failed import FailedJobs
 from receiver.store.server import free_port
 from receiver.testing.fake_osma import TEST_KEY
+from tests.support import OSMA_ROUTER, env_for, osma_router, signature_headers, subprocess_env
 
 QUEUE = "osma-router"
 
@@ -52,27 +51,13 @@ def upstream_env(redis_url: str, routes: Path, fake_osma, fake_ogsm, **extra: st
     )
 
 
-def cli(
-    args: list[str], env: dict[str, str], cwd: Path, timeout: float = 120
-) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "receiver.cli", *args],
-        env=subprocess_env(env),
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-    )
-
-
 def spawn(args: list[str], env: dict[str, str], cwd: Path) -> subprocess.Popen[str]:
     """Start an `osma-router` command; its log goes to a file in `cwd` (a pipe nobody
     reads would fill up and block the process)."""
     path = cwd / f"{args[0]}-{time.monotonic_ns()}.log"
     with path.open("w") as log:
         process = subprocess.Popen(
-            [sys.executable, "-m", "receiver.cli", *args],
+            [*OSMA_ROUTER, *args],
             env=subprocess_env(env),
             cwd=cwd,
             stdout=subprocess.DEVNULL,
@@ -127,7 +112,7 @@ class Service:
         return response
 
     def burst(self) -> subprocess.CompletedProcess[str]:
-        result = cli(["worker", "--burst"], self.env, self.cwd)
+        result = osma_router(["worker", "--burst"], self.env, self.cwd)
         assert result.returncode == 0, result.stderr
         return result
 
@@ -230,12 +215,12 @@ def test_a_permanent_400_is_dead_lettered_and_retried_once_fixed(service, fake_o
     service.send(completion("task_a", "2026-11-20T10:00:00+00:00", event_id="evt_dead"))
     service.burst()
     assert len(fake_ogsm.requests_to("POST")) == 1  # a 4xx is not retried
-    listed = cli(["failed", "list"], service.env, service.cwd)
+    listed = osma_router(["failed", "list"], service.env, service.cwd)
     (row,) = [line for line in listed.stdout.splitlines() if "evt_dead" in line]
     assert "ogsm.indicator_report" in row and "Rejected: ogsm POST /indicator_reports: 400" in row
 
     fake_ogsm.heal()
-    assert cli(["failed", "retry", "--all"], service.env, service.cwd).returncode == 0
+    assert osma_router(["failed", "retry", "--all"], service.env, service.cwd).returncode == 0
     service.burst()
     assert [r["current_value"] for r in fake_ogsm.indicator_reports()] == [1]
     assert list(FailedJobs(redis, [QUEUE])) == []

@@ -9,9 +9,10 @@ import time
 import httpx
 import orjson
 from cryptography.fernet import Fernet
-from ops_support import Process, Server, wait_for
 from rq.registry import FailedJobRegistry
-from support import SECRET, env_for, handled, make_event, signature_headers
+
+from tests.ops_support import Process, Server, wait_for
+from tests.support import SECRET, env_for, handled, make_event, signature_headers
 
 # Values that must never appear in a log line, whatever happens to the events carrying them.
 MEMBER = {

@@ -18,12 +18,12 @@ import schemathesis
 from hypothesis import HealthCheck, settings
 from redis import Redis
 from schemathesis.specs.openapi.checks import positive_data_acceptance
-from support import SECRET, Receiver, examples, handled, make_event, signature_headers
 
 from receiver.keys import dedup_key
 from receiver.model.signature import sign
 from receiver.web.app import create_app
 from receiver.web.openapi import SPEC
+from tests.support import SECRET, Receiver, examples, handled, make_event, signature_headers
 
 OSMOS_TOKEN = "Bearer osmos-attack-token"
 ROUTES = """

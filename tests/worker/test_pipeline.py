@@ -11,9 +11,9 @@ from rq.job import Job
 from rq.queue import Queue
 from rq.registry import FailedJobRegistry, ScheduledJobRegistry
 from rq.serializers import JSONSerializer
-from support import handled, make_event
 
 from receiver.store.failed import FailedJobs
+from tests.support import handled, make_event
 
 
 def test_plugin_found_by_entry_point_receives_the_event(start_receiver, redis):

@@ -8,10 +8,10 @@ import time
 import httpx
 import orjson
 from redis import Redis
-from support import SECRET, examples, make_event, signature_headers
 
 from receiver.keys import dedup_key
 from receiver.store.server import RedisServer
+from tests.support import SECRET, examples, make_event, signature_headers
 
 ROUTES = """
 [[routes]]

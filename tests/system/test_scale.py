@@ -10,10 +10,11 @@ from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
-from ops_support import Process, Server, wait_for
 from prometheus_client.parser import text_string_to_metric_families
 from rq.registry import FailedJobRegistry, StartedJobRegistry
-from support import env_for, handled, make_event, signature_headers
+
+from tests.ops_support import Process, Server, wait_for
+from tests.support import env_for, handled, make_event, signature_headers
 
 ROUTES = (
     '[[routes]]\non = "task.completed"\nhandler = "sample.record"\nlabel = "a"\n\n'

@@ -9,14 +9,14 @@ from datetime import UTC, datetime, timedelta
 
 import orjson
 import pytest
-from capture_support import cli_env, osma_router, raw_bytes, read_lines, redis_contents
 from cryptography.fernet import Fernet, InvalidToken
-from support import handled, make_event, signature_headers
 
 from receiver.crypto import Sealer
 from receiver.keys import CAPTURE_KEY
 from receiver.settings import Secret
 from receiver.store.capture import export_captures
+from tests.capture_support import cli_env, osma_router, raw_bytes, read_lines, redis_contents
+from tests.support import handled, make_event, signature_headers
 
 KEY_A = Fernet.generate_key().decode()
 KEY_B = Fernet.generate_key().decode()

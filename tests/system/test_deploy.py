@@ -20,15 +20,14 @@ from typing import Any
 
 import pytest
 import yaml
-from ops_support import Process, Server, wait_for
-from support import SECRET, subprocess_env
 
 from receiver.cli.main import build_parser
 from receiver.model.plugins import HandlerRegistry
 from receiver.model.routes import load_config
 from receiver.store.server import free_port
+from tests.ops_support import Process, Server, wait_for
+from tests.support import OSMA_ROUTER, ROOT, SECRET, subprocess_env
 
-ROOT = Path(__file__).resolve().parent.parent
 DEPLOY = ROOT / "deploy"
 KUBERNETES = DEPLOY / "kubernetes"
 SYSTEMD = DEPLOY / "systemd"
@@ -158,7 +157,7 @@ def test_dockerfile_command_and_healthcheck_run(tmp_path, redis, redis_server):
         server.wait_up()
         probe = [a.replace(f":{image_port}/", f":{port}/") for a in healthcheck[1:]]
         result = subprocess.run(
-            [sys.executable, "-m", "receiver.cli", *probe],
+            [*OSMA_ROUTER, *probe],
             env=subprocess_env(env),
             check=False,
             capture_output=True,

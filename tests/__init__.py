@@ -1,0 +1,1 @@
+"""The test suite: a real redis-server of its own, real HTTP on loopback, real subprocesses."""

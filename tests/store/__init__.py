@@ -1,0 +1,1 @@
+"""What is kept in Redis: Osmos batch storage, captures and rekeying."""

@@ -1,0 +1,1 @@
+"""The receiver over real HTTP: webhooks, Osmos batches, attacks, deadlines, metrics, serving."""

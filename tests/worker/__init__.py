@@ -1,0 +1,1 @@
+"""Jobs through real workers: routing to plugins, retries, the failed registry, built-in handlers, logs."""
