@@ -16,7 +16,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-# The keyword arguments `osma-router serve` passes to uvicorn.run (receiver/cli.py,
+# The keyword arguments `osma-router serve` passes to uvicorn.run (receiver/cli/serve.py,
 # cmd_serve) besides host, port, workers and TLS, as they are when
 # OSMA_ROUTER_TRUSTED_PROXIES is unset (the bench leaves it unset); keep the two in step.
 SERVE_OPTIONS: dict[str, Any] = {

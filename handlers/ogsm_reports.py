@@ -11,7 +11,7 @@ value = "count"                        # "count", "field:<dotted.path>" or a num
 period = "month"                       # "day", "week", "month" or "event"
 ```
 
-DESIGN.md, "Periods and counts": the period comes from the envelope's `created_at`
+docs/contract.md, "Periods and counts": the period comes from the envelope's `created_at`
 (received time when absent), in UTC; `at` is the period's first day (`week` starts on
 Monday; `event` is the event's own date). `count` is the number of distinct
 `data.object.id` that matched the route in the period, taken when the job runs: the ids

@@ -76,7 +76,7 @@ def task_of(event: Event) -> str | None:
 
 def entity_time(event: Event) -> float:
     """When the entity reached the state the event carries: its `updated_at`, else its
-    `created_at`, else the event's own time (DESIGN.md's ordering guard)."""
+    `created_at`, else the event's own time (the ordering guard of docs/contract.md, "Periods and counts")."""
     for name in ("updated_at", "created_at"):
         moment = parse_time(event.object.get(name))
         if moment is not None:

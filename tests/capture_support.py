@@ -1,4 +1,4 @@
-"""Helpers of the capture and replay tests: the CLI as a subprocess, Redis read whole."""
+"""Helpers of the capture and replay tests: capture lines, and Redis read whole."""
 
 from __future__ import annotations
 
@@ -6,12 +6,6 @@ from pathlib import Path
 
 import orjson
 from redis import Redis
-
-from tests.support import env_for
-
-
-def cli_env(redis_url: str, routes: Path | None = None, **overrides: str) -> dict[str, str]:
-    return env_for(redis_url, routes, **overrides)
 
 
 def redis_contents(redis: Redis) -> dict[bytes, object]:

@@ -89,7 +89,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
 
 def cmd_dev(args: argparse.Namespace) -> int:
-    return run_dev(host=args.host, port=args.port, https=args.https)
+    return run_dev(current_settings(), host=args.host, port=args.port, https=args.https)
 
 
 def add_commands(sub: Any) -> None:

@@ -16,8 +16,8 @@ from .tls import ensure_dev_certificate, trust_instructions
 DEV_SECRET = "whsec_dev_local_only"
 
 
-def run_dev(host: str = "127.0.0.1", port: int = 8000, https: bool = False) -> int:
-    settings = Settings.from_env()  # fail early, in one line, on a bad setting
+def run_dev(settings: Settings, host: str = "127.0.0.1", port: int = 8000, https: bool = False) -> int:
+    """`settings` are read by the command before anything starts, so a bad one is one line."""
     env = dict(os.environ)
     env.setdefault("OSMA_ROUTER_LOG_FORMAT", "console")
     redis: RedisServer | None = None

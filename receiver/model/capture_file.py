@@ -1,4 +1,5 @@
-"""The capture file (DESIGN.md): one delivery a JSON line, and what replay also accepts.
+"""The capture file (docs/contract.md, "Capture file"): one delivery a JSON line, and what
+replay also accepts.
 
 ```
 {"received_at": "2026-11-20T10:00:00.123456+00:00", "source": "osma",

@@ -13,7 +13,7 @@ fields = [
 ]
 ```
 
-Types are strict (DESIGN.md, Osmos details): `integer` is a JSON integer, `number` an
+Types are strict (docs/contract.md, "Osmos ingest"): `integer` is a JSON integer, `number` an
 integer or a float, `boolean` true/false, `date` `YYYY-MM-DD`, `datetime` ISO 8601 with an
 offset or `Z`, `string` a JSON string. A nullable field may be null or absent. Unknown
 fields are kept in the record as sent unless the connector rejects them.

@@ -1,8 +1,9 @@
 """The `osma-signature` header: `t=<unix seconds>,v1=<hex HMAC-SHA256(secret, "<t>." + body)>`.
 
-Verification works on the raw body bytes, before anything parses them. Checks run in
-DESIGN.md's order (header present, syntax, timestamp, signature) and every failure is a
-`VerificationError` whose `error_type` names the reason. No message ever contains a secret.
+Verification works on the raw body bytes, before anything parses them. Checks run in the
+contract's order (docs/contract.md, "Errors": header present, syntax, timestamp, signature)
+and every failure is a `VerificationError` whose `error_type` names the reason. No message
+ever contains a secret.
 """
 
 from __future__ import annotations

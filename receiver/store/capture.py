@@ -2,8 +2,8 @@
 
 With `OSMA_ROUTER_CAPTURE=on` every verified delivery becomes one entry of a Redis
 stream, added by the receiver's admission script in the same round trip as dedup and
-enqueue (see `dedup.py`): field `d` is a Fernet token of the capture line (DESIGN.md,
-Capture file), field `dup` is `1` for a duplicate delivery. Nothing of the body, the
+enqueue (see `dedup.py`): field `d` is a Fernet token of the capture line (docs/contract.md,
+"Capture file"), field `dup` is `1` for a duplicate delivery. Nothing of the body, the
 headers or the event id is readable in Redis. The script trims by age (entry ids are
 Redis's clock in ms) and by count on every call, and the key expires when nothing was
 captured for the whole retention. A stream rather than a sorted set: appending costs
@@ -37,7 +37,7 @@ _PLAIN_HEADERS = frozenset((b"content-type", b"user-agent"))
 
 
 def kept_headers(headers: Sequence[tuple[bytes, bytes]]) -> dict[str, str]:
-    """content-type, user-agent and `osma-*` headers, never the signature (DESIGN.md).
+    """content-type, user-agent and `osma-*` headers, never the signature (docs/contract.md, "Capture file").
 
     Names arrive lowercased (ASGI); only the kept ones are decoded.
     """

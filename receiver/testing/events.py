@@ -1,4 +1,4 @@
-"""Event envelopes for tests, shaped like Osma's (DESIGN.md, "Osma event envelope")."""
+"""Event envelopes for tests, shaped like Osma's (docs/contract.md, "Event envelope")."""
 
 from __future__ import annotations
 

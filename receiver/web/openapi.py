@@ -1,6 +1,6 @@
 """The OpenAPI 3.0 description of the receiver's HTTP surface, served at `GET /openapi.json`.
 
-Written by hand from DESIGN.md's endpoint and error tables (not generated from the code),
+Written by hand from the endpoint and error tables of docs/contract.md (not generated from the code),
 so that checking the service against it (tests/web/test_attack.py runs schemathesis over it)
 compares the service with the contract rather than with itself. Error `type`s are listed
 per status exactly as the contract pins them.

@@ -1,6 +1,6 @@
 """`POST /ingest/osmos/{connector}`: an Osmos batch, checked and stored whole or not at all.
 
-Checks run in this order and the first failure answers (DESIGN.md, Errors): connector
+Checks run in this order and the first failure answers (docs/contract.md, "Errors"): connector
 known (404), auth header (401), content type (415), body size while it streams in (413),
 JSON (400), shape and record count (422 / 413 `too_many_records`), schema (422). Then the
 records become events and are stored by `batches.Batch`: staged chunk by chunk, committed

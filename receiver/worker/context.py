@@ -77,11 +77,11 @@ class Context:
 
     @property
     def ledger(self) -> EffectsLedger:
-        """The effects ledger (`receiver/ledger.py`)."""
+        """The effects ledger (`receiver/store/ledger.py`)."""
         return self._clients.ledger
 
     def effect(self, step: str = "main", intent: Mapping[str, Any] | None = None, scope: str = "") -> Effect:
-        """This job's effect named `step`, for `ctx.ledger.perform` (see `receiver/ledger.py`)."""
+        """This job's effect named `step`, for `ctx.ledger.perform` (see `receiver/store/ledger.py`)."""
         return Effect(
             self.idempotency_key(step),
             intent=dict(intent or {}),

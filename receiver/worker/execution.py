@@ -1,5 +1,5 @@
 """Running one handler job inside a worker: rebuild the event, call the handler, and
-turn its failure into RQ's retry decision (DESIGN.md, Retries)."""
+turn its failure into RQ's retry decision (docs/contract.md, "Retries")."""
 
 from __future__ import annotations
 
@@ -23,6 +23,7 @@ from ..model.events import Event, build_event, parse_time
 from ..model.plugins import HandlerRegistry
 from ..model.routes import Config, load_config
 from ..settings import Settings
+from ..store.connection import connect
 from ..upstream.http import record_stats_in
 from .clients import Upstream
 from .context import Context
@@ -64,10 +65,9 @@ class WorkerRuntime:
 
     @classmethod
     def current(cls) -> WorkerRuntime:
-        if WorkerRuntime._current is None:
+        if WorkerRuntime._current is None:  # a job run by a plain `rq worker`, not ours
             settings = Settings.from_env()
-            redis = Redis.from_url(settings.require_redis_url())
-            WorkerRuntime._current = cls.build(settings, redis)
+            WorkerRuntime._current = cls.build(settings, connect(settings, "worker"))
         return WorkerRuntime._current
 
     def open_body(self, spec: Mapping[str, Any]) -> bytes:

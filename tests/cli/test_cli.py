@@ -13,7 +13,17 @@ import pytest
 from receiver.model.signature import SignatureVerifier
 from receiver.settings import Secret
 from receiver.store.server import free_port
-from tests.support import OSMA_ROUTER, ROOT, SECRET, env_for, handled, make_event, osma_router, subprocess_env
+from tests.support import (
+    OSMA_ROUTER,
+    ROOT,
+    SECRET,
+    env_for,
+    handled,
+    make_event,
+    osma_router,
+    signature_headers,
+    subprocess_env,
+)
 
 COMMANDS = ["dev", "serve", "worker", "sign", "send", "check-config", "failed"]
 
@@ -176,8 +186,6 @@ def test_dev_runs_everything_and_stops_cleanly_on_ctrl_c(tmp_path):
         url = f"http://127.0.0.1:{port}"
         wait_until_up(url, dev, timeout=30)
         body = make_event(event_id="evt_dev")
-        from support import signature_headers
-
         response = httpx.post(
             url + "/webhooks/osma",
             content=body,

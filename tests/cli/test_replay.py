@@ -12,8 +12,8 @@ from cryptography.fernet import Fernet
 
 from receiver.keys import dedup_key
 from receiver.store.server import free_port
-from tests.capture_support import capture_line, cli_env, osma_router, read_lines, redis_contents
-from tests.support import SECRET, handled, make_event
+from tests.capture_support import capture_line, read_lines, redis_contents
+from tests.support import SECRET, env_for, handled, make_event, osma_router
 
 KEY = Fernet.generate_key().decode()
 ROUTES = """
@@ -45,7 +45,7 @@ def captured(start_receiver, redis, redis_server, tmp_path, *bodies: bytes) -> t
     original = handled(redis)
     out = tmp_path / "capture.jsonl"
     result = osma_router(
-        ["capture", "export", str(out)], cli_env(redis_server.url, OSMA_ROUTER_ENCRYPTION_KEYS=KEY)
+        ["capture", "export", str(out)], env_for(redis_server.url, OSMA_ROUTER_ENCRYPTION_KEYS=KEY)
     )
     assert result.returncode == 0, result.stderr
     redis.flushall()
@@ -65,7 +65,7 @@ def received_times(path: Path) -> dict[str, str]:
 
 
 def replay(redis_server, routes: Path | None, *args: str, **env: str):
-    return osma_router(["replay", *args], cli_env(redis_server.url, routes, **env))
+    return osma_router(["replay", *args], env_for(redis_server.url, routes, **env))
 
 
 def test_http_replay_is_resigned_and_accepted_by_a_receiver_with_the_same_secret(
@@ -281,7 +281,7 @@ def test_encrypted_export_replays_only_with_the_key(
     receiver = start_receiver(ROUTES, OSMA_ROUTER_CAPTURE="on", OSMA_ROUTER_ENCRYPTION_KEYS=KEY)
     receiver.post(make_event(event_id="evt_enc"))
     sealed = tmp_path / "sealed.jsonl"
-    env = cli_env(redis_server.url, OSMA_ROUTER_ENCRYPTION_KEYS=KEY)
+    env = env_for(redis_server.url, OSMA_ROUTER_ENCRYPTION_KEYS=KEY)
     assert osma_router(["capture", "export", str(sealed), "--encrypted"], env).returncode == 0
     redis.flushall()
 

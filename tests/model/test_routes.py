@@ -160,7 +160,7 @@ def test_where_deep_dotted_path() -> None:
 
 
 def test_where_unquoted_toml_dotted_key_is_not_silently_dead() -> None:
-    """`where = { data.score = 5 }` is TOML for a nested table; DESIGN.md says dotted paths
+    """`where = { data.score = 5 }` is TOML for a nested table; the contract says dotted paths
     descend into objects, so the route must either match by descending or refuse to load,
     not load and then never match an object that has other fields beside `score`."""
     text = '[[routes]]\non = "*"\nwhere = { data.score = 5 }\nhandler = "h"'

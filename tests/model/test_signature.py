@@ -1,4 +1,4 @@
-"""The `osma-signature` header, as DESIGN.md pins it.
+"""The `osma-signature` header, as docs/contract.md pins it.
 
 `t=<unix seconds>,v1=<hex HMAC-SHA256(secret, "<t>." + raw body)>`, checked on the raw
 bytes, every failure a 401 `VerificationError` naming its reason.

@@ -15,8 +15,8 @@ from receiver.crypto import Sealer
 from receiver.keys import CAPTURE_KEY
 from receiver.settings import Secret
 from receiver.store.capture import export_captures
-from tests.capture_support import cli_env, osma_router, raw_bytes, read_lines, redis_contents
-from tests.support import handled, make_event, signature_headers
+from tests.capture_support import raw_bytes, read_lines, redis_contents
+from tests.support import env_for, handled, make_event, osma_router, signature_headers
 
 KEY_A = Fernet.generate_key().decode()
 KEY_B = Fernet.generate_key().decode()
@@ -39,7 +39,7 @@ def export(redis_server, tmp_path, *args: str, keys: str = KEY_A, **env: str):
     out = tmp_path / "out.jsonl"
     result = osma_router(
         ["capture", "export", str(out), *args],
-        cli_env(redis_server.url, OSMA_ROUTER_ENCRYPTION_KEYS=keys, **env),
+        env_for(redis_server.url, OSMA_ROUTER_ENCRYPTION_KEYS=keys, **env),
     )
     return result, out
 
@@ -195,7 +195,7 @@ def test_key_rotation_keeps_old_captures_readable_and_rekey_moves_them(
     result, _ = export(redis_server, tmp_path, keys=KEY_B)  # before rekey: A's capture is unreadable
     assert result.returncode == 1 and "could not be decrypted" in result.stderr
 
-    rekey = osma_router(["rekey"], cli_env(redis_server.url, OSMA_ROUTER_ENCRYPTION_KEYS=f"{KEY_B},{KEY_A}"))
+    rekey = osma_router(["rekey"], env_for(redis_server.url, OSMA_ROUTER_ENCRYPTION_KEYS=f"{KEY_B},{KEY_A}"))
     assert rekey.returncode == 0, rekey.stderr
     assert "captured deliveries: 1 re-encrypted, 1 already under the newest key" in rekey.stdout
     assert "job payloads: 1 re-encrypted, 1 already under the newest key" in rekey.stdout
@@ -209,13 +209,13 @@ def test_key_rotation_keeps_old_captures_readable_and_rekey_moves_them(
     only_b.drain()  # both queued jobs decrypt with B alone
     assert sorted(handled(redis)) == ["evt_under_a|sample.record|r|1", "evt_under_b|sample.record|r|1"]
 
-    again = osma_router(["rekey"], cli_env(redis_server.url, OSMA_ROUTER_ENCRYPTION_KEYS=KEY_B))
+    again = osma_router(["rekey"], env_for(redis_server.url, OSMA_ROUTER_ENCRYPTION_KEYS=KEY_B))
     assert again.returncode == 0 and "captured deliveries: 0 re-encrypted, 2 already" in again.stdout
 
 
 def test_export_and_rekey_without_keys_are_one_line_errors(redis, redis_server, tmp_path):
     for args in (["capture", "export", str(tmp_path / "x.jsonl")], ["rekey"]):
-        result = osma_router(args, cli_env(redis_server.url))
+        result = osma_router(args, env_for(redis_server.url))
         assert result.returncode == 1
         assert result.stderr.startswith("osma-router: error: OSMA_ROUTER_ENCRYPTION_KEYS")
         assert len(result.stderr.strip().splitlines()) == 1
@@ -231,7 +231,7 @@ def test_bad_since_is_a_one_line_error(redis, redis_server, tmp_path):
 
 
 def test_serve_refuses_capture_without_keys(redis, redis_server):
-    result = osma_router(["serve", "--port", "1"], cli_env(redis_server.url, OSMA_ROUTER_CAPTURE="on"))
+    result = osma_router(["serve", "--port", "1"], env_for(redis_server.url, OSMA_ROUTER_CAPTURE="on"))
     assert result.returncode == 1
     assert "OSMA_ROUTER_ENCRYPTION_KEYS" in result.stderr and len(result.stderr.strip().splitlines()) == 1
 
@@ -239,6 +239,6 @@ def test_serve_refuses_capture_without_keys(redis, redis_server):
 def test_capture_status_counts(start_receiver, redis, redis_server):
     receiver = capturing(start_receiver)
     receiver.post(make_event(event_id="evt_status"))
-    result = osma_router(["capture", "status"], cli_env(redis_server.url))
+    result = osma_router(["capture", "status"], env_for(redis_server.url))
     assert result.returncode == 0, result.stderr
     assert "kept deliveries: 1" in result.stdout

@@ -1,4 +1,4 @@
-"""receiver/batches.py against a real Redis: the job data it writes is `JobBuilder`'s, and
+"""receiver/store/batches.py against a real Redis: the job data it writes is `JobBuilder`'s, and
 staging, commit, discard and the sweep of abandoned batches keep "all or nothing" also
 when batches with the same records overlap or a receiver dies between chunks."""
 

@@ -24,6 +24,7 @@ import yaml
 from receiver.cli.main import build_parser
 from receiver.model.plugins import HandlerRegistry
 from receiver.model.routes import load_config
+from receiver.settings import VARIABLES
 from receiver.store.server import free_port
 from tests.ops_support import Process, Server, wait_for
 from tests.support import OSMA_ROUTER, ROOT, SECRET, subprocess_env
@@ -31,17 +32,13 @@ from tests.support import OSMA_ROUTER, ROOT, SECRET, subprocess_env
 DEPLOY = ROOT / "deploy"
 KUBERNETES = DEPLOY / "kubernetes"
 SYSTEMD = DEPLOY / "systemd"
-DESIGN = ROOT.parent / "shared" / "DESIGN.md"
+CONTRACT = ROOT / "docs" / "contract.md"
 OTHER_VARIABLES = {"PROMETHEUS_MULTIPROC_DIR", "WEBHOOK_DOMAIN"}
 
 
 def known_settings() -> set[str]:
-    """Every OSMA_ROUTER_* variable the service reads (settings.py) or DESIGN.md names."""
-    source = (ROOT / "receiver" / "settings.py").read_text()
-    names = {f"OSMA_ROUTER_{name}" for name in re.findall(r'get\("([A-Z_]+)"\)', source)}
-    if DESIGN.is_file():
-        names |= set(re.findall(r"`(OSMA_ROUTER_[A-Z_]+)`", DESIGN.read_text()))
-    return names
+    """Every OSMA_ROUTER_* variable the service reads, or the contract names."""
+    return set(VARIABLES) | set(re.findall(r"`(OSMA_ROUTER_[A-Z_]+)`", CONTRACT.read_text()))
 
 
 def command_of(args: list[str]) -> str:

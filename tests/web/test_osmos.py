@@ -104,7 +104,7 @@ def h(data: bytes) -> str:
 
 
 def expected_id(record: dict[str, Any], connector: str = "crm", key: str | None = "customer_id") -> str:
-    """The DESIGN.md formula, computed with the standard library only."""
+    """The formula of docs/contract.md, computed with the standard library only."""
     canonical = json.dumps(record, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
     content = h(canonical.encode("utf-8"))
     if key is None:
