@@ -1,18 +1,40 @@
 """Settings from the environment (and a `.env` file), validated once at start-up.
 
-A missing or malformed value raises `ConfigError` with a one-line message that names
-the variable; the CLI prints it and exits 1. Secrets are wrapped in `Secret`, whose
-`repr()` and `str()` never show the value.
+Every setting is one row of `_TABLE`, in the manner of Starlette's `config("KEY", cast=int, default=...)`:
+
+    variable     the environment variable, without the `OSMA_ROUTER_` prefix
+    field        the `Settings` attribute it fills
+    parse        turns the stripped, non-empty text into the value, or raises `ConfigError`
+    default      the value when the variable is unset or blank; `Settings()` takes it too
+    show         how `check-config` prints the value: a format string, a function, or None to leave it out
+    label=       the name `check-config` prints it under, when not the variable's name in lower case;
+                 rows that share a label are printed on one line, joined by ", "
+    when_unset=  computes the value of an unset variable at start-up, instead of `default`
+    check=       a rule across settings, run once this row is read, on every value read so far
+
+A default is written only in its row: the dataclass takes its field defaults from the table, so
+`Settings()` and an empty environment agree by construction.
+
+`Settings.from_env` reads the rows top to bottom and stops at the first bad value, so the order of the
+table is the order problems are reported in. `Settings.summary()` lists the rows in the order `Settings`
+declares its fields, which is the order `check-config` has always printed. The two orders differ only
+for QUEUE: it is checked last, as it always was, so that a given environment still reports the same
+first problem.
+
+A missing or malformed value raises `ConfigError` with a one-line message that names the variable; the
+CLI prints it and exits 1. Secrets are wrapped in `Secret`, whose `repr()` and `str()` never show the
+value.
 """
 
 from __future__ import annotations
 
 import ipaddress
 import os
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping
+from dataclasses import KW_ONLY, dataclass, field, fields
 from datetime import date
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 from .exceptions import ConfigError
@@ -46,34 +68,271 @@ class Secret:
         return hash(self._value)
 
 
+# --- parsers: (variable without the prefix, stripped non-empty text) -> value ------------------------
+
+
+def _text(name: str, value: str) -> str:
+    return value
+
+
+def _secret(name: str, value: str) -> Secret:
+    return Secret(value)
+
+
+def _secret_list(name: str, value: str) -> tuple[Secret, ...]:
+    return tuple(Secret(part.strip()) for part in value.split(",") if part.strip())
+
+
+def _integer(*, minimum: int) -> Callable[[str, str], int]:
+    def parse(name: str, value: str) -> int:
+        try:
+            number = int(value)
+        except ValueError:
+            raise ConfigError(f"{PREFIX}{name} must be a whole number, got {value!r}") from None
+        if number < minimum:
+            raise ConfigError(f"{PREFIX}{name} must be at least {minimum}, got {number}")
+        return number
+
+    return parse
+
+
+def _positive_number(name: str, value: str) -> float:
+    try:
+        number = float(value)
+    except ValueError:
+        raise ConfigError(f"{PREFIX}{name} must be a number of seconds, got {value!r}") from None
+    if not number > 0 or number != number or number == float("inf"):
+        raise ConfigError(f"{PREFIX}{name} must be a positive number of seconds, got {value!r}")
+    return number
+
+
+def _redis_url(name: str, value: str) -> str:
+    scheme = urlsplit(value).scheme
+    if scheme not in ("redis", "rediss", "unix"):
+        raise ConfigError(
+            f"{PREFIX}{name} must start with redis://, rediss:// or unix://, got {scheme or 'no scheme'!r}"
+        )
+    return value
+
+
+def _base_url(name: str, value: str) -> str:
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise ConfigError(f"{PREFIX}{name} must be an http:// or https:// URL, got {value!r}")
+    return value.rstrip("/")
+
+
+def _api_version(name: str, value: str) -> str:
+    try:
+        date.fromisoformat(value)
+    except ValueError:
+        raise ConfigError(f"{PREFIX}{name} must be an ISO 8601 date like 2022-05-22, got {value!r}") from None
+    return value
+
+
+def _queue_name(name: str, value: str) -> str:
+    if not all(c.isalnum() or c in "_-" for c in value):
+        raise ConfigError(f"{PREFIX}{name} may hold only letters, digits, '_' and '-', got {value!r}")
+    return value
+
+
+def _routes_file(name: str, value: str) -> Path:
+    path = Path(value)
+    if not path.is_file():
+        raise ConfigError(f"{PREFIX}{name} names {value!r}, which is not a readable file")
+    return path
+
+
+def _routes_file_if_present() -> Path | None:
+    default = Path(DEFAULT_CONFIG_FILE)
+    return default if default.is_file() else None
+
+
+def _switch(name: str, value: str) -> bool:
+    value = value.lower()
+    if value not in ("on", "off", "true", "false", "1", "0", "yes", "no"):
+        raise ConfigError(f"{PREFIX}{name} must be 'on' or 'off', got {value!r}")
+    return value in ("on", "true", "1", "yes")
+
+
+def _fernet_keys(name: str, value: str) -> tuple[Secret, ...]:
+    from cryptography.fernet import Fernet
+
+    keys = _secret_list(name, value)
+    for position, key in enumerate(keys, start=1):
+        try:
+            Fernet(key.reveal())
+        except (ValueError, TypeError):
+            # The message gives the position, never the key: a near-miss is still a secret.
+            raise ConfigError(
+                f"{PREFIX}{name} entry {position} is not a Fernet key "
+                "(32 url-safe base64-encoded bytes; make one with `osma-router keygen`)"
+            ) from None
+    return keys
+
+
+def _log_format(name: str, value: str) -> str:
+    value = value.lower()
+    if value not in ("json", "console"):
+        raise ConfigError(f"{PREFIX}{name} must be 'json' or 'console', got {value!r}")
+    return value
+
+
+def _log_level(name: str, value: str) -> str:
+    value = value.lower()
+    if value not in ("debug", "info", "warning", "error"):
+        raise ConfigError(f"{PREFIX}{name} must be debug, info, warning or error, got {value!r}")
+    return value
+
+
+def _proxy_list(name: str, value: str) -> tuple[str, ...]:
+    """Addresses or networks (CIDR) whose X-Forwarded-For/-Proto headers are believed."""
+    entries = tuple(part.strip() for part in value.split(",") if part.strip())
+    for entry in entries:
+        if entry == "*":
+            continue
+        try:
+            ipaddress.ip_network(entry, strict=False)
+        except ValueError:
+            raise ConfigError(
+                f"{PREFIX}{name}: {entry!r} is not an IP address or network "
+                "(e.g. 10.0.0.0/8, 127.0.0.1, or * to trust every peer)"
+            ) from None
+    return entries
+
+
+def _capture_needs_a_key(values: Mapping[str, Any]) -> None:
+    if values["capture"] and not values["encryption_keys"]:
+        raise ConfigError(
+            f"{PREFIX}CAPTURE is on but {PREFIX}ENCRYPTION_KEYS is not set: captured deliveries "
+            "are kept encrypted, give at least one Fernet key"
+        )
+
+
+# --- how check-config shows a value -----------------------------------------------------------------
+
+
+def _or(placeholder: str) -> Callable[[object], str]:
+    """Safe for secrets: `str()` of a `Secret` is its mask."""
+    return lambda value: str(value) if value else placeholder
+
+
+def _redis(url: str | None) -> str:
+    return _mask_url(url) if url else "- (embedded in `dev`)"
+
+
+def _secrets(secrets: tuple[Secret, ...]) -> str:
+    listed = f" ({', '.join(str(s) for s in secrets)})" if secrets else ""
+    return f"{len(secrets)} configured{listed}"
+
+
+def _count(items: tuple[object, ...]) -> str:
+    return f"{len(items)} configured"
+
+
+def _on_off(flag: bool) -> str:
+    return "on" if flag else "off"
+
+
+def _joined_or(placeholder: str) -> Callable[[tuple[str, ...]], str]:
+    return lambda items: ", ".join(items) or placeholder
+
+
+@dataclass(frozen=True)
+class _Row:
+    """One setting; the module docstring describes the columns."""
+
+    variable: str
+    field: str
+    parse: Callable[[str, str], Any]
+    default: Any
+    show: str | Callable[[Any], str] | None
+    _: KW_ONLY
+    label: str | None = None
+    when_unset: Callable[[], Any] | None = None
+    check: Callable[[Mapping[str, Any]], None] | None = None
+
+    def read(self, env: Mapping[str, str]) -> Any:
+        text = env.get(PREFIX + self.variable, "").strip()
+        if text:
+            return self.parse(self.variable, text)
+        return self.when_unset() if self.when_unset is not None else self.default
+
+    @property
+    def key(self) -> str:
+        return self.label or self.variable.lower()
+
+
+_MIB = 1_048_576
+
+# One row a line, wrapped by hand where it must be, reads as a table; the formatter would undo that.
+# fmt: off
+_TABLE: tuple[_Row, ...] = (
+    _Row("REDIS_URL", "redis_url", _redis_url, None, _redis),
+    _Row("WEBHOOK_SECRETS", "webhook_secrets", _secret_list, (), _secrets),
+    _Row("SIGNATURE_TOLERANCE", "signature_tolerance", _integer(minimum=0), 300, "{} s"),
+    _Row("DEDUP_TTL", "dedup_ttl", _positive_number, 259_200.0, "{:g} s"),
+    _Row("MAX_BODY_BYTES", "max_body_bytes", _integer(minimum=1), _MIB, "{}"),
+    _Row("OSMOS_MAX_BODY_BYTES", "osmos_max_body_bytes", _integer(minimum=1), 256 * _MIB, "{}"),
+    _Row("OSMA_API_KEY", "osma_api_key", _secret, None, _or("-")),
+    _Row("OSMA_BASE_URL", "osma_base_url", _base_url, "https://api.osma.com", "{}"),
+    _Row("OSMA_API_VERSION", "osma_api_version", _api_version, DEFAULT_OSMA_API_VERSION, "{}"),
+    _Row("HEARTBEAT_TTL", "heartbeat_ttl", _integer(minimum=3), 30, "{} s"),
+    _Row("OGSM_BASE_URL", "ogsm_base_url", _base_url, None, _or("-")),
+    _Row("OGSM_USERNAME", "ogsm_username", _text, None, _or("-")),
+    _Row("OGSM_PASSWORD", "ogsm_password", _secret, None, _or("-")),
+    _Row("CONFIG", "config_path", _routes_file, None, _or("- (no routes file)"),
+         when_unset=_routes_file_if_present),
+    _Row("CAPTURE", "capture", _switch, False, _on_off),
+    _Row("CAPTURE_MAX_AGE", "capture_max_age", _positive_number, 604_800.0, "{:g} s",
+         label="capture_retention"),
+    _Row("CAPTURE_MAX_COUNT", "capture_max_count", _integer(minimum=1), 100_000, "at most {} deliveries",
+         label="capture_retention"),
+    _Row("ENCRYPTION_KEYS", "encryption_keys", _fernet_keys, (), _count, check=_capture_needs_a_key),
+    _Row("LOG_FORMAT", "log_format", _log_format, "json", None),
+    _Row("LOG_LEVEL", "log_level", _log_level, "info", None),
+    _Row("TRUSTED_PROXIES", "trusted_proxies", _proxy_list, (), _joined_or("- (X-Forwarded-* ignored)")),
+    _Row("SHUTDOWN_GRACE", "shutdown_grace", _positive_number, 25.0, "{:g} s"),
+    _Row("BODY_TIMEOUT", "body_timeout", _positive_number, 10.0, "{:g} s"),
+    _Row("QUEUE", "queue_name", _queue_name, "osma-router", "{}"),
+)
+# fmt: on
+
+VARIABLES: tuple[str, ...] = tuple(PREFIX + row.variable for row in _TABLE)  # every one the service reads
+_ROW_FOR: dict[str, _Row] = {row.field: row for row in _TABLE}
+_DEFAULT: dict[str, Any] = {row.field: row.default for row in _TABLE}
+
+
 @dataclass(frozen=True)
 class Settings:
-    """Everything the service reads from its environment, checked once."""
+    """Everything the service reads from its environment, checked once; defaults live in `_TABLE`."""
 
-    redis_url: str | None = field(default=None, repr=False)  # may carry a password
-    webhook_secrets: tuple[Secret, ...] = ()
-    signature_tolerance: int = 300
-    dedup_ttl: float = 259_200.0
-    max_body_bytes: int = 1_048_576
-    osmos_max_body_bytes: int = 256 * 1_048_576
-    queue_name: str = "osma-router"
-    osma_api_key: Secret | None = None
-    osma_base_url: str = "https://api.osma.com"
-    osma_api_version: str = DEFAULT_OSMA_API_VERSION
-    heartbeat_ttl: int = 30
-    ogsm_base_url: str | None = None
-    ogsm_username: str | None = None
-    ogsm_password: Secret | None = None
-    config_path: Path | None = None
-    capture: bool = False
-    capture_max_age: float = 604_800.0
-    capture_max_count: int = 100_000
-    encryption_keys: tuple[Secret, ...] = ()
-    log_format: str = "json"
-    log_level: str = "info"
-    trusted_proxies: tuple[str, ...] = ()
-    shutdown_grace: float = 25.0
-    body_timeout: float = 10.0  # seconds a webhook body may take to arrive (slow clients: 408)
+    redis_url: str | None = field(default=_DEFAULT["redis_url"], repr=False)  # may carry a password
+    webhook_secrets: tuple[Secret, ...] = _DEFAULT["webhook_secrets"]
+    signature_tolerance: int = _DEFAULT["signature_tolerance"]
+    dedup_ttl: float = _DEFAULT["dedup_ttl"]
+    max_body_bytes: int = _DEFAULT["max_body_bytes"]
+    osmos_max_body_bytes: int = _DEFAULT["osmos_max_body_bytes"]
+    queue_name: str = _DEFAULT["queue_name"]
+    osma_api_key: Secret | None = _DEFAULT["osma_api_key"]
+    osma_base_url: str = _DEFAULT["osma_base_url"]
+    osma_api_version: str = _DEFAULT["osma_api_version"]
+    heartbeat_ttl: int = _DEFAULT["heartbeat_ttl"]
+    ogsm_base_url: str | None = _DEFAULT["ogsm_base_url"]
+    ogsm_username: str | None = _DEFAULT["ogsm_username"]
+    ogsm_password: Secret | None = _DEFAULT["ogsm_password"]
+    config_path: Path | None = _DEFAULT["config_path"]
+    capture: bool = _DEFAULT["capture"]
+    capture_max_age: float = _DEFAULT["capture_max_age"]
+    capture_max_count: int = _DEFAULT["capture_max_count"]
+    encryption_keys: tuple[Secret, ...] = _DEFAULT["encryption_keys"]
+    log_format: str = _DEFAULT["log_format"]
+    log_level: str = _DEFAULT["log_level"]
+    trusted_proxies: tuple[str, ...] = _DEFAULT["trusted_proxies"]
+    shutdown_grace: float = _DEFAULT["shutdown_grace"]
+    # seconds a webhook body may take to arrive (slow clients: 408)
+    body_timeout: float = _DEFAULT["body_timeout"]
+    # Not settings: the rest of the environment, for plugins that read their own variables.
     extra: Mapping[str, str] = field(default_factory=dict, repr=False, compare=False)
 
     @classmethod
@@ -81,8 +340,13 @@ class Settings:
         cls, environ: Mapping[str, str] | None = None, *, env_file: str | Path | None = ".env"
     ) -> Settings:
         """Read settings from `environ` (default: `os.environ` over a `.env` file)."""
-        values = _with_env_file(environ, env_file)
-        return _parse(values)
+        env = _with_env_file(environ, env_file)
+        values: dict[str, Any] = {}
+        for row in _TABLE:
+            values[row.field] = row.read(env)
+            if row.check is not None:
+                row.check(values)
+        return cls(**values, extra={k: v for k, v in env.items() if not k.startswith(PREFIX)})
 
     def require_redis_url(self) -> str:
         if not self.redis_url:
@@ -99,34 +363,15 @@ class Settings:
 
     def summary(self) -> dict[str, str]:
         """What `check-config` prints: every value, secrets masked."""
-
-        def mask(secret: Secret | None) -> str:
-            return "-" if secret is None else str(secret)
-
-        return {
-            "redis_url": _mask_url(self.redis_url) if self.redis_url else "- (embedded in `dev`)",
-            "webhook_secrets": f"{len(self.webhook_secrets)} configured"
-            + (f" ({', '.join(mask(s) for s in self.webhook_secrets)})" if self.webhook_secrets else ""),
-            "signature_tolerance": f"{self.signature_tolerance} s",
-            "dedup_ttl": f"{self.dedup_ttl:g} s",
-            "max_body_bytes": str(self.max_body_bytes),
-            "osmos_max_body_bytes": str(self.osmos_max_body_bytes),
-            "queue": self.queue_name,
-            "osma_api_key": mask(self.osma_api_key),
-            "osma_base_url": self.osma_base_url,
-            "osma_api_version": self.osma_api_version,
-            "heartbeat_ttl": f"{self.heartbeat_ttl} s",
-            "ogsm_base_url": self.ogsm_base_url or "-",
-            "ogsm_username": self.ogsm_username or "-",
-            "ogsm_password": mask(self.ogsm_password),
-            "config": str(self.config_path) if self.config_path else "- (no routes file)",
-            "capture": "on" if self.capture else "off",
-            "capture_retention": f"{self.capture_max_age:g} s, at most {self.capture_max_count} deliveries",
-            "encryption_keys": f"{len(self.encryption_keys)} configured",
-            "trusted_proxies": ", ".join(self.trusted_proxies) or "- (X-Forwarded-* ignored)",
-            "shutdown_grace": f"{self.shutdown_grace:g} s",
-            "body_timeout": f"{self.body_timeout:g} s",
-        }
+        lines: dict[str, list[str]] = {}
+        for name in (f.name for f in fields(self)):
+            row = _ROW_FOR.get(name)
+            if row is None or row.show is None:
+                continue
+            value = getattr(self, name)
+            text = row.show.format(value) if isinstance(row.show, str) else row.show(value)
+            lines.setdefault(row.key, []).append(text)
+        return {key: ", ".join(parts) for key, parts in lines.items()}
 
 
 def _with_env_file(environ: Mapping[str, str] | None, env_file: str | Path | None) -> dict[str, str]:
@@ -139,181 +384,6 @@ def _with_env_file(environ: Mapping[str, str] | None, env_file: str | Path | Non
         values.update({k: v for k, v in dotenv_values(env_file).items() if v is not None})
     values.update(environ)
     return values
-
-
-def _parse(env: Mapping[str, str]) -> Settings:
-    def get(name: str) -> str | None:
-        value = env.get(PREFIX + name)
-        if value is None:
-            return None
-        value = value.strip()
-        return value or None
-
-    redis_url = get("REDIS_URL")
-    if redis_url is not None:
-        scheme = urlsplit(redis_url).scheme
-        if scheme not in ("redis", "rediss", "unix"):
-            raise ConfigError(
-                f"{PREFIX}REDIS_URL must start with redis://, rediss:// or unix://, "
-                f"got {scheme or 'no scheme'!r}"
-            )
-
-    secrets = _secret_list(get("WEBHOOK_SECRETS"))
-    tolerance = _integer("SIGNATURE_TOLERANCE", get("SIGNATURE_TOLERANCE"), 300, minimum=0)
-    dedup_ttl = _positive_number("DEDUP_TTL", get("DEDUP_TTL"), 259_200.0)
-    max_body = _integer("MAX_BODY_BYTES", get("MAX_BODY_BYTES"), 1_048_576, minimum=1)
-    osmos_max = _integer("OSMOS_MAX_BODY_BYTES", get("OSMOS_MAX_BODY_BYTES"), 256 * 1_048_576, minimum=1)
-
-    osma_key = get("OSMA_API_KEY")
-    osma_base = _base_url("OSMA_BASE_URL", get("OSMA_BASE_URL") or "https://api.osma.com")
-    osma_version = get("OSMA_API_VERSION") or DEFAULT_OSMA_API_VERSION
-    try:
-        date.fromisoformat(osma_version)
-    except ValueError:
-        raise ConfigError(
-            f"{PREFIX}OSMA_API_VERSION must be an ISO 8601 date like 2022-05-22, got {osma_version!r}"
-        ) from None
-    heartbeat_ttl = _integer("HEARTBEAT_TTL", get("HEARTBEAT_TTL"), 30, minimum=3)
-    ogsm_base = get("OGSM_BASE_URL")
-    if ogsm_base is not None:
-        ogsm_base = _base_url("OGSM_BASE_URL", ogsm_base)
-    ogsm_password = get("OGSM_PASSWORD")
-
-    config_value = get("CONFIG")
-    config_path: Path | None
-    if config_value is not None:
-        config_path = Path(config_value)
-        if not config_path.is_file():
-            raise ConfigError(f"{PREFIX}CONFIG names {config_value!r}, which is not a readable file")
-    else:
-        default = Path(DEFAULT_CONFIG_FILE)
-        config_path = default if default.is_file() else None
-
-    capture_value = (get("CAPTURE") or "off").lower()
-    if capture_value not in ("on", "off", "true", "false", "1", "0", "yes", "no"):
-        raise ConfigError(f"{PREFIX}CAPTURE must be 'on' or 'off', got {capture_value!r}")
-    capture = capture_value in ("on", "true", "1", "yes")
-    capture_max_age = _positive_number("CAPTURE_MAX_AGE", get("CAPTURE_MAX_AGE"), 604_800.0)
-    capture_max_count = _integer("CAPTURE_MAX_COUNT", get("CAPTURE_MAX_COUNT"), 100_000, minimum=1)
-    keys = _secret_list(get("ENCRYPTION_KEYS"))
-    if keys:
-        _check_fernet_keys(keys)
-    if capture and not keys:
-        raise ConfigError(
-            f"{PREFIX}CAPTURE is on but {PREFIX}ENCRYPTION_KEYS is not set: captured deliveries "
-            "are kept encrypted, give at least one Fernet key"
-        )
-
-    log_format = (get("LOG_FORMAT") or "json").lower()
-    if log_format not in ("json", "console"):
-        raise ConfigError(f"{PREFIX}LOG_FORMAT must be 'json' or 'console', got {log_format!r}")
-    log_level = (get("LOG_LEVEL") or "info").lower()
-    if log_level not in ("debug", "info", "warning", "error"):
-        raise ConfigError(f"{PREFIX}LOG_LEVEL must be debug, info, warning or error, got {log_level!r}")
-
-    trusted_proxies = _proxy_list(get("TRUSTED_PROXIES"))
-    shutdown_grace = _positive_number("SHUTDOWN_GRACE", get("SHUTDOWN_GRACE"), 25.0)
-    body_timeout = _positive_number("BODY_TIMEOUT", get("BODY_TIMEOUT"), 10.0)
-
-    queue_name = get("QUEUE") or "osma-router"
-    if not all(c.isalnum() or c in "_-" for c in queue_name):
-        raise ConfigError(f"{PREFIX}QUEUE may hold only letters, digits, '_' and '-', got {queue_name!r}")
-
-    return Settings(
-        redis_url=redis_url,
-        webhook_secrets=secrets,
-        signature_tolerance=tolerance,
-        dedup_ttl=dedup_ttl,
-        max_body_bytes=max_body,
-        osmos_max_body_bytes=osmos_max,
-        queue_name=queue_name,
-        osma_api_key=Secret(osma_key) if osma_key else None,
-        osma_base_url=osma_base,
-        osma_api_version=osma_version,
-        heartbeat_ttl=heartbeat_ttl,
-        ogsm_base_url=ogsm_base,
-        ogsm_username=get("OGSM_USERNAME"),
-        ogsm_password=Secret(ogsm_password) if ogsm_password else None,
-        config_path=config_path,
-        capture=capture,
-        capture_max_age=capture_max_age,
-        capture_max_count=capture_max_count,
-        encryption_keys=keys,
-        log_format=log_format,
-        log_level=log_level,
-        trusted_proxies=trusted_proxies,
-        shutdown_grace=shutdown_grace,
-        body_timeout=body_timeout,
-        extra={k: v for k, v in env.items() if not k.startswith(PREFIX)},
-    )
-
-
-def _proxy_list(value: str | None) -> tuple[str, ...]:
-    """Addresses or networks (CIDR) whose X-Forwarded-For/-Proto headers are believed."""
-    if value is None:
-        return ()
-    entries = tuple(part.strip() for part in value.split(",") if part.strip())
-    for entry in entries:
-        if entry == "*":
-            continue
-        try:
-            ipaddress.ip_network(entry, strict=False)
-        except ValueError:
-            raise ConfigError(
-                f"{PREFIX}TRUSTED_PROXIES: {entry!r} is not an IP address or network "
-                "(e.g. 10.0.0.0/8, 127.0.0.1, or * to trust every peer)"
-            ) from None
-    return entries
-
-
-def _secret_list(value: str | None) -> tuple[Secret, ...]:
-    if value is None:
-        return ()
-    return tuple(Secret(part.strip()) for part in value.split(",") if part.strip())
-
-
-def _integer(name: str, value: str | None, default: int, *, minimum: int) -> int:
-    if value is None:
-        return default
-    try:
-        number = int(value)
-    except ValueError:
-        raise ConfigError(f"{PREFIX}{name} must be a whole number, got {value!r}") from None
-    if number < minimum:
-        raise ConfigError(f"{PREFIX}{name} must be at least {minimum}, got {number}")
-    return number
-
-
-def _positive_number(name: str, value: str | None, default: float) -> float:
-    if value is None:
-        return default
-    try:
-        number = float(value)
-    except ValueError:
-        raise ConfigError(f"{PREFIX}{name} must be a number of seconds, got {value!r}") from None
-    if not number > 0 or number != number or number == float("inf"):
-        raise ConfigError(f"{PREFIX}{name} must be a positive number of seconds, got {value!r}")
-    return number
-
-
-def _base_url(name: str, value: str) -> str:
-    parts = urlsplit(value)
-    if parts.scheme not in ("http", "https") or not parts.netloc:
-        raise ConfigError(f"{PREFIX}{name} must be an http:// or https:// URL, got {value!r}")
-    return value.rstrip("/")
-
-
-def _check_fernet_keys(keys: tuple[Secret, ...]) -> None:
-    from cryptography.fernet import Fernet
-
-    for position, key in enumerate(keys, start=1):
-        try:
-            Fernet(key.reveal())
-        except (ValueError, TypeError):
-            raise ConfigError(
-                f"{PREFIX}ENCRYPTION_KEYS entry {position} is not a Fernet key "
-                "(32 url-safe base64-encoded bytes; make one with `osma-router keygen`)"
-            ) from None
 
 
 def _mask_url(url: str) -> str:

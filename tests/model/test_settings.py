@@ -271,3 +271,55 @@ def test_bad_value_in_env_file_names_the_variable(tmp_path: Path) -> None:
     env_file.write_text("OSMA_ROUTER_DEDUP_TTL=soon\n")
     with pytest.raises(ConfigError, match="OSMA_ROUTER_DEDUP_TTL"):
         load({}, env_file=env_file)
+
+
+# --- one table: defaults, error order, check-config --------------------------------------
+
+
+def test_default_settings_are_those_of_an_empty_environment() -> None:
+    assert Settings() == load({})
+    assert Settings().summary() == load({}).summary()
+
+
+@pytest.mark.parametrize(
+    "env, reported",
+    [
+        ({"OSMA_ROUTER_QUEUE": "a b", "OSMA_ROUTER_LOG_LEVEL": "trace"}, "LOG_LEVEL"),
+        ({"OSMA_ROUTER_QUEUE": "a b", "OSMA_ROUTER_BODY_TIMEOUT": "0"}, "BODY_TIMEOUT"),
+        ({"OSMA_ROUTER_CAPTURE": "on", "OSMA_ROUTER_LOG_FORMAT": "xml"}, "CAPTURE is on but"),
+        ({"OSMA_ROUTER_CAPTURE": "on", "OSMA_ROUTER_CAPTURE_MAX_AGE": "0"}, "CAPTURE_MAX_AGE"),
+        ({"OSMA_ROUTER_CAPTURE": "on", "OSMA_ROUTER_ENCRYPTION_KEYS": "bad"}, "ENCRYPTION_KEYS entry 1"),
+        ({"OSMA_ROUTER_DEDUP_TTL": "0", "OSMA_ROUTER_SIGNATURE_TOLERANCE": "x"}, "SIGNATURE_TOLERANCE"),
+    ],
+)
+def test_the_first_bad_value_is_reported_in_a_fixed_order(env: dict[str, str], reported: str) -> None:
+    assert str(config_error(env)).startswith(f"OSMA_ROUTER_{reported}")
+
+
+def test_summary_lists_every_shown_setting_in_field_order() -> None:
+    summary = load({}).summary()
+    assert list(summary) == [
+        "redis_url",
+        "webhook_secrets",
+        "signature_tolerance",
+        "dedup_ttl",
+        "max_body_bytes",
+        "osmos_max_body_bytes",
+        "queue",
+        "osma_api_key",
+        "osma_base_url",
+        "osma_api_version",
+        "heartbeat_ttl",
+        "ogsm_base_url",
+        "ogsm_username",
+        "ogsm_password",
+        "config",
+        "capture",
+        "capture_retention",
+        "encryption_keys",
+        "trusted_proxies",
+        "shutdown_grace",
+        "body_timeout",
+    ]
+    assert summary["capture_retention"] == "604800 s, at most 100000 deliveries"
+    assert summary["webhook_secrets"] == "0 configured"
