@@ -190,6 +190,7 @@ class InlineTarget:
         return ReplayResult("accepted", f"{len(jobs)} handler(s) ran")
 
     def close(self) -> None:
+        self.runtime.upstream.close(self.runtime.loop)
         self.runtime.loop.close()
         self._redis.close()
         if self._sync is not None:

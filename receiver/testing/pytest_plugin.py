@@ -83,7 +83,6 @@ class RouterUnderTest:
         try:
             run_worker(runtime, self.queues, burst=True)
         finally:
-            runtime.upstream.close()
             redis.close()
 
     def close(self) -> None:

@@ -16,11 +16,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC
 from email.utils import parsedate_to_datetime
-from typing import Any
+from typing import Any, Generic, Self, TypeVar
 from urllib.parse import quote
 
 import httpx
@@ -293,6 +293,60 @@ class AsyncSender:
 
     async def aclose(self) -> None:
         await self.http.aclose()
+
+
+TransportT = TypeVar("TransportT", httpx.BaseTransport, httpx.AsyncBaseTransport)
+
+
+class ClientBase(Generic[TransportT]):
+    """A client of one upstream. Its constructor, written once for the sync and the async
+    client, builds the `HTTPCore` and hands it to `_open`; `SyncClientBase` or
+    `AsyncClientBase` opens the matching sender, so the constructor never names one."""
+
+    def _open(self, core: HTTPCore, transport: TransportT | None) -> None:
+        raise NotImplementedError
+
+
+class SyncClientBase(ClientBase[httpx.BaseTransport]):
+    """A blocking client's sender, `close()` and `with` block; the client adds its resources."""
+
+    _sender: SyncSender
+
+    def _open(self, core: HTTPCore, transport: httpx.BaseTransport | None) -> None:
+        self._sender = SyncSender(core, transport)
+
+    def _send(self, call: Call) -> JSON:
+        return self._sender.send(call)
+
+    def close(self) -> None:
+        self._sender.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class AsyncClientBase(ClientBase[httpx.AsyncBaseTransport]):
+    """An async client's sender, `aclose()` and `async with` block; the client adds its resources."""
+
+    _sender: AsyncSender
+
+    def _open(self, core: HTTPCore, transport: httpx.AsyncBaseTransport | None) -> None:
+        self._sender = AsyncSender(core, transport)
+
+    def _send(self, call: Call) -> Coroutine[Any, Any, JSON]:
+        return self._sender.send(call)
+
+    async def aclose(self) -> None:
+        await self._sender.aclose()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
 
 
 def segment(value: str | int) -> str:

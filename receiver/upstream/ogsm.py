@@ -1,4 +1,4 @@
-"""The OGSM API client (`ogsm-api.txt`, `ogsm-api-actions.txt`), sync and async.
+"""The OGSM API client (docs/contract.md, "Upstream APIs"), sync and async.
 
 ```python
 ogsm = OgsmClient("https://acme.ogsm.online/api/v2", "api-user", "secret")
@@ -10,7 +10,7 @@ ogsm.actions.update(action["id"], {"progress": 100, "status": {"name": "done"}})
 
 Basic auth, JSON bodies sent as `application/json`, `.json` paths. OGSM has no
 idempotency support: a POST that is sent twice creates two resources, which is why the
-built-in handlers go through the effects ledger (`receiver/ledger.py`).
+built-in handlers go through the effects ledger (`receiver/store/ledger.py`).
 """
 
 from __future__ import annotations
@@ -18,13 +18,13 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Mapping
 from datetime import date, datetime
-from typing import Any, Generic, Self, TypeVar
+from typing import Any, Generic, TypeVar
 
 import httpx
 import orjson
 
 from ..exceptions import InvalidRequest
-from .http import JSON, AsyncSender, Call, HTTPCore, SyncSender, segment
+from .http import JSON, AsyncClientBase, Call, ClientBase, HTTPCore, SyncClientBase, TransportT, segment
 
 R = TypeVar("R")  # what one call gives: a JSON value, or an awaitable of one
 
@@ -83,6 +83,8 @@ def _where(**wanted: Any) -> Callable[[JSON], JSON]:
 
 
 class _API(Generic[R]):
+    """What the resources call: the client base gives `_send`."""
+
     def _send(self, call: Call) -> R:
         raise NotImplementedError
 
@@ -155,25 +157,6 @@ class ActionResource(ListResource[R]):
         return self._api._send(Call("DELETE", f"actions/{segment(action_id)}.json", "DELETE /actions/:id"))
 
 
-class _OgsmAPI(_API[R]):
-    def __init__(self) -> None:
-        self.objectives: ListResource[R] = ListResource(self, "objectives")
-        self.goals: ListResource[R] = ListResource(self, "goals")
-        self.strategies: ListResource[R] = ListResource(self, "strategies")
-        self.indicators: ListResource[R] = ListResource(self, "indicators")
-        self.goal_reports: ReportResource[R] = ReportResource(self, "goal")
-        self.indicator_reports: ReportResource[R] = ReportResource(self, "indicator")
-        self.actions: ActionResource[R] = ActionResource(self)
-
-    def reports(self, target: str) -> ReportResource[R]:
-        """`goal_reports` or `indicator_reports` by the target's kind (`"goal"`, `"indicator"`)."""
-        if target == "goal":
-            return self.goal_reports
-        if target == "indicator":
-            return self.indicator_reports
-        raise ValueError(f"no reports of {target!r}")
-
-
 def ogsm_core(
     base_url: str,
     username: str,
@@ -194,63 +177,41 @@ def ogsm_core(
     )
 
 
-class OgsmClient(_OgsmAPI[JSON]):
+class _OgsmAPI(_API[R], ClientBase[TransportT]):
+    """The OGSM API's options and resources; the sync and async clients differ only in
+    how a `Call` is sent."""
+
+    def __init__(
+        self,
+        base_url: str,
+        username: str,
+        password: str,
+        *,
+        timeout: float | httpx.Timeout | None = None,
+        max_inline_wait: float | None = None,
+        transport: TransportT | None = None,
+    ) -> None:
+        self._open(ogsm_core(base_url, username, password, timeout, max_inline_wait), transport)
+        self.objectives: ListResource[R] = ListResource(self, "objectives")
+        self.goals: ListResource[R] = ListResource(self, "goals")
+        self.strategies: ListResource[R] = ListResource(self, "strategies")
+        self.indicators: ListResource[R] = ListResource(self, "indicators")
+        self.goal_reports: ReportResource[R] = ReportResource(self, "goal")
+        self.indicator_reports: ReportResource[R] = ReportResource(self, "indicator")
+        self.actions: ActionResource[R] = ActionResource(self)
+
+    def reports(self, target: str) -> ReportResource[R]:
+        """`goal_reports` or `indicator_reports` by the target's kind (`"goal"`, `"indicator"`)."""
+        if target == "goal":
+            return self.goal_reports
+        if target == "indicator":
+            return self.indicator_reports
+        raise ValueError(f"no reports of {target!r}")
+
+
+class OgsmClient(SyncClientBase, _OgsmAPI[JSON, httpx.BaseTransport]):
     """The OGSM API, blocking. See the module docstring."""
 
-    def __init__(
-        self,
-        base_url: str,
-        username: str,
-        password: str,
-        *,
-        timeout: float | httpx.Timeout | None = None,
-        max_inline_wait: float | None = None,
-        transport: httpx.BaseTransport | None = None,
-    ) -> None:
-        super().__init__()
-        self._sender = SyncSender(
-            ogsm_core(base_url, username, password, timeout, max_inline_wait), transport
-        )
 
-    def _send(self, call: Call) -> JSON:
-        return self._sender.send(call)
-
-    def close(self) -> None:
-        self._sender.close()
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-
-class AsyncOgsmClient(_OgsmAPI[Any]):
+class AsyncOgsmClient(AsyncClientBase, _OgsmAPI[Any, httpx.AsyncBaseTransport]):
     """The OGSM API for `async def` handlers: every call is awaited."""
-
-    def __init__(
-        self,
-        base_url: str,
-        username: str,
-        password: str,
-        *,
-        timeout: float | httpx.Timeout | None = None,
-        max_inline_wait: float | None = None,
-        transport: httpx.AsyncBaseTransport | None = None,
-    ) -> None:
-        super().__init__()
-        self._sender = AsyncSender(
-            ogsm_core(base_url, username, password, timeout, max_inline_wait), transport
-        )
-
-    def _send(self, call: Call) -> Any:
-        return self._sender.send(call)
-
-    async def aclose(self) -> None:
-        await self._sender.aclose()
-
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.aclose()

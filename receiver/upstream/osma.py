@@ -1,4 +1,4 @@
-"""The Osma API client (`osma-api.txt`), sync and async.
+"""The Osma API client (docs/contract.md, "Upstream APIs"), sync and async.
 
 ```python
 osma = OsmaClient(api_key="sk_test_...", base_url="https://api.osma.com")
@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterator, Mapping
 from dataclasses import replace
-from typing import Any, Generic, Self, TypeVar
+from typing import Any, Generic, TypeVar
 
 import httpx
 import orjson
@@ -28,7 +28,7 @@ from redis import Redis
 
 from ..exceptions import InvalidRequest
 from ..settings import DEFAULT_OSMA_API_VERSION
-from .http import JSON, AsyncSender, Call, HTTPCore, SyncSender, segment
+from .http import JSON, AsyncClientBase, Call, ClientBase, HTTPCore, SyncClientBase, TransportT, segment
 from .ratelimit import RateLimiter
 
 DEFAULT_BASE_URL = "https://api.osma.com"
@@ -110,7 +110,7 @@ def describe_osma_error(response: httpx.Response) -> str:
 
 
 class _API(Generic[R, P]):
-    """What the resources call; the sync and async clients fill it in."""
+    """What the resources call: the client base gives `_send`, each client its `_pages`."""
 
     def _send(self, call: Call) -> R:
         raise NotImplementedError
@@ -194,14 +194,6 @@ class FileResource(Generic[R, P]):
         return self._api._send(Call("GET", f"/files/{segment(file_id)}", "GET /files/:id"))
 
 
-class _OsmaAPI(_API[R, P]):
-    def __init__(self) -> None:
-        self.tasks: Resource[R, P] = Resource(self, "tasks")
-        self.members: Resource[R, P] = Resource(self, "members")
-        self.users: ReadResource[R, P] = ReadResource(self, "users")
-        self.files: FileResource[R, P] = FileResource(self)
-
-
 def osma_core(
     api_key: str,
     base_url: str,
@@ -245,8 +237,9 @@ def _items(page: JSON) -> list[JSON]:
     return items if isinstance(items, list) else []
 
 
-class OsmaClient(_OsmaAPI[JSON, Iterator[JSON]]):
-    """The Osma API, blocking. See the module docstring."""
+class _OsmaAPI(_API[R, P], ClientBase[TransportT]):
+    """The Osma API's options and resources; the sync and async clients differ only in
+    how a `Call` is sent."""
 
     def __init__(
         self,
@@ -257,21 +250,23 @@ class OsmaClient(_OsmaAPI[JSON, Iterator[JSON]]):
         limiter: RateLimiter | None = None,
         timeout: float | httpx.Timeout | None = None,
         max_inline_wait: float | None = None,
-        transport: httpx.BaseTransport | None = None,
+        transport: TransportT | None = None,
     ) -> None:
-        super().__init__()
         self.live_mode = api_key.startswith("sk_live_")
-        self._sender = SyncSender(
-            osma_core(api_key, base_url, api_version, limiter, timeout, max_inline_wait), transport
-        )
+        self._open(osma_core(api_key, base_url, api_version, limiter, timeout, max_inline_wait), transport)
+        self.tasks: Resource[R, P] = Resource(self, "tasks")
+        self.members: Resource[R, P] = Resource(self, "members")
+        self.users: ReadResource[R, P] = ReadResource(self, "users")
+        self.files: FileResource[R, P] = FileResource(self)
+
+
+class OsmaClient(SyncClientBase, _OsmaAPI[JSON, Iterator[JSON], httpx.BaseTransport]):
+    """The Osma API, blocking. See the module docstring."""
 
     @classmethod
     def shared_budget(cls, api_key: str, redis: Redis, **kwargs: Any) -> OsmaClient:
         """A client whose requests count against the Redis-held budget of every worker."""
         return cls(api_key, limiter=RateLimiter.for_osma(redis, api_key), **kwargs)
-
-    def _send(self, call: Call) -> JSON:
-        return self._sender.send(call)
 
     def _pages(self, call: Call) -> Iterator[JSON]:
         next_call: Call | None = call
@@ -280,38 +275,9 @@ class OsmaClient(_OsmaAPI[JSON, Iterator[JSON]]):
             yield from _items(page)
             next_call = _next_cursor(next_call, page)
 
-    def close(self) -> None:
-        self._sender.close()
 
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-
-class AsyncOsmaClient(_OsmaAPI[Any, AsyncIterator[JSON]]):
+class AsyncOsmaClient(AsyncClientBase, _OsmaAPI[Any, AsyncIterator[JSON], httpx.AsyncBaseTransport]):
     """The Osma API for `async def` handlers: every call is awaited."""
-
-    def __init__(
-        self,
-        api_key: str,
-        base_url: str = DEFAULT_BASE_URL,
-        *,
-        api_version: str = API_VERSION,
-        limiter: RateLimiter | None = None,
-        timeout: float | httpx.Timeout | None = None,
-        max_inline_wait: float | None = None,
-        transport: httpx.AsyncBaseTransport | None = None,
-    ) -> None:
-        super().__init__()
-        self.live_mode = api_key.startswith("sk_live_")
-        self._sender = AsyncSender(
-            osma_core(api_key, base_url, api_version, limiter, timeout, max_inline_wait), transport
-        )
-
-    def _send(self, call: Call) -> Any:
-        return self._sender.send(call)
 
     async def _pages(self, call: Call) -> AsyncIterator[JSON]:
         next_call: Call | None = call
@@ -320,12 +286,3 @@ class AsyncOsmaClient(_OsmaAPI[Any, AsyncIterator[JSON]]):
             for item in _items(page):
                 yield item
             next_call = _next_cursor(next_call, page)
-
-    async def aclose(self) -> None:
-        await self._sender.aclose()
-
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.aclose()

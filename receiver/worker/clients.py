@@ -8,6 +8,7 @@ with a message naming the variables to set).
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from typing import Any
 
@@ -94,8 +95,29 @@ class Upstream:
         ledger: EffectsLedger = self._once("ledger", lambda: EffectsLedger(self.redis))
         return ledger
 
-    def close(self) -> None:
+    def close(self, loop: asyncio.AbstractEventLoop | None = None) -> None:
+        """Close every client made. The async ones are closed on `loop`, the loop their calls
+        ran on (a worker's `runtime.loop`, before it is closed): their connections belong to
+        it, and another loop cannot close them. Without `loop` they are closed on a new loop,
+        which is enough only for clients that made no calls."""
         for name in ("osma", "ogsm"):
             client = self._made.pop(name, None)
             if client is not None:
                 client.close()
+        closing = [self._made.pop(name) for name in ("osma_async", "ogsm_async") if name in self._made]
+        if not closing:
+            return
+        if loop is not None:
+            loop.run_until_complete(_aclose_all(closing))
+            return
+        # Not asyncio.run: it would reset the thread's current event loop.
+        own = asyncio.new_event_loop()
+        try:
+            own.run_until_complete(_aclose_all(closing))
+        finally:
+            own.close()
+
+
+async def _aclose_all(clients: list[AsyncOsmaClient | AsyncOgsmClient]) -> None:
+    for client in clients:
+        await client.aclose()

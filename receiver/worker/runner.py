@@ -170,3 +170,4 @@ def run_worker(runtime: WorkerRuntime, queues: Sequence[str], *, burst: bool = F
         return bool(worker.work(burst=burst, with_scheduler=True, logging_level="WARNING"))
     finally:
         worker.stop_heartbeats()
+        runtime.upstream.close(runtime.loop)  # made again on first use if the runtime runs on
