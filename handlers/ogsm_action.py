@@ -194,7 +194,7 @@ def register(group: HandlerGroup) -> None:
         mark = f"ogsm:action:{sync.params.metadata_key}:{task_id}"
         marks = Watermarks(ctx.redis)
         moment = entity_time(event)
-        with ctx.ledger.locked(mark, owner=ctx.job_id):
+        with ctx.locked(mark):
             if marks.behind(mark, moment):
                 ctx.log.info(
                     "older than the task state already applied: nothing changed", extra={"reason": "stale"}

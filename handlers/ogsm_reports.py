@@ -115,9 +115,7 @@ def post_measurement(event: Event, ctx: Context, target: str, target_id: int) ->
     scope = f"ogsm:{target}:{target_id}:{at}"
     ledger = ctx.ledger
     marks = Watermarks(ctx.redis)
-    with ledger.locked(
-        scope, owner=ctx.job_id
-    ):  # one measurement of a KPI and date at a time: checks stay true
+    with ctx.locked(scope):  # one measurement of a KPI and date at a time: checks stay true
         if params.value == COUNT:
             object_id = event.object.get("id")
             if not isinstance(object_id, (str, int)) or isinstance(object_id, bool) or object_id == "":

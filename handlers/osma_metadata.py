@@ -28,7 +28,6 @@ from typing import Any
 
 from receiver import (
     Context,
-    Effect,
     EffectResult,
     Event,
     HandlerError,
@@ -87,19 +86,33 @@ def entity_time(event: Event) -> float:
 def write_task_metadata(
     ctx: Context, task_id: str, metadata: Mapping[str, Any], step: str = "metadata"
 ) -> None:
-    """Merge `metadata` into the Osma task, once for this (event, route, step)."""
-    validate_metadata(metadata)
-    key = ctx.idempotency_key(step)
-    body = {"metadata": {k: str(v) for k, v in metadata.items()}}
+    """Merge `metadata` into the Osma task, once for this (event, route, step).
 
-    def update() -> EffectResult:
-        task = ctx.osma.tasks.update(task_id, body, idempotency_key=key)
+    Through `ctx.osma_effect`: a retry after a 5xx or a timeout first reads the task back,
+    and sends under a new idempotency key generation only if the values are not there
+    (Osma would answer the first key's cached 5xx again).
+    """
+    validate_metadata(metadata)
+    wanted = {k: str(v) for k, v in metadata.items()}
+
+    def update(key: str) -> EffectResult:
+        task = ctx.osma.tasks.update(task_id, {"metadata": wanted}, idempotency_key=key)
         return {"id": task.get("id") if isinstance(task, dict) else task_id}
 
-    # No reconcile needed: Osma answers a repeated idempotency key with its first answer.
+    def written() -> EffectResult | None:
+        task = ctx.osma.tasks.get(task_id)
+        return {"id": task_id} if holds(task, wanted) else None
+
     # Not indexed under the handler's name: that names the handler's own upstream effect.
-    effect = Effect(key, intent={"task": task_id, "keys": sorted(metadata)}, owner=ctx.job_id)
-    ctx.ledger.perform(effect, update)
+    ctx.osma_effect(step, update, written, intent={"task": task_id, "keys": sorted(wanted)})
+
+
+def holds(task: Any, wanted: Mapping[str, str]) -> bool:
+    """Whether the task's metadata already has every wanted value (Osma keeps strings)."""
+    metadata = task.get("metadata") if isinstance(task, Mapping) else None
+    if not isinstance(metadata, Mapping):
+        return False
+    return all(str(metadata.get(k)) == v and k in metadata for k, v in wanted.items())
 
 
 def resolve(event: Event, ctx: Context, wanted: Mapping[str, Any]) -> dict[str, str]:
@@ -136,7 +149,7 @@ def register(group: HandlerGroup) -> None:
             return
         mark = f"osma:task_metadata:{ctx.route_key}:{task_id}"
         marks = Watermarks(ctx.redis)
-        with ctx.ledger.locked(mark, owner=ctx.job_id):
+        with ctx.locked(mark):
             if ctx.ledger.outcome(ctx.idempotency_key("metadata")) is not None:
                 return
             moment = entity_time(event)
@@ -144,6 +157,11 @@ def register(group: HandlerGroup) -> None:
                 ctx.ledger.skip(ctx.effect("metadata"), "a newer event was written back")
                 return
             values = resolve(event, ctx, ctx.params.metadata)
-            if values:
+            if values and holds(event.object, values):
+                # The task already says so: typically the `task.updated` our own write caused.
+                # Writing again would cause another one, and so on for ever.
+                ctx.ledger.skip(ctx.effect("metadata"), "the task already holds these values")
+                ctx.log.info("the task already holds the metadata: nothing written", extra={"reason": "same"})
+            elif values:
                 write_task_metadata(ctx, task_id, values)
             marks.advance(mark, moment)

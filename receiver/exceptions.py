@@ -18,6 +18,8 @@ RouterError
 │   └── StagingLost        an Osmos batch's staged records are gone (swept, or a shared job removed)
 ├── NoSuchFailedJob        `failed show/retry` of an id that is not in the failed registry
 ├── HandlerError           a plugin failed: retried per its policy
+│   ├── ClaimHeld          another execution holds an effect's lock: run again when it expires
+│   ├── LockLost           this execution's lock expired while it was frozen: stop, record nothing
 │   └── PermanentError     a plugin says retrying cannot help: failed at once
 │       ├── InvalidRequest       a request a client refuses to send (metadata over Osma's limits, ...)
 │       └── UpstreamNotConfigured  a handler needs a client whose settings are missing (a ConfigError too)
@@ -149,6 +151,20 @@ class NoSuchFailedJob(RouterError):
 
 class HandlerError(RouterError):
     """A handler failed; the job is retried according to its route's policy."""
+
+
+class ClaimHeld(HandlerError):
+    """Another execution holds the lock an effect needs: the job runs again once it expires
+    (`retry_after` seconds), without using up one of its attempts."""
+
+    def __init__(self, message: str, *, retry_after: float) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class LockLost(HandlerError):
+    """This execution's lock expired while it was stopped (frozen past the lock TTL): it makes
+    no further upstream call and records nothing; the execution holding the lock now does."""
 
 
 class PermanentError(HandlerError):

@@ -278,6 +278,9 @@ _TABLE: tuple[_Row, ...] = (
     _Row("OSMA_BASE_URL", "osma_base_url", _base_url, "https://api.osma.com", "{}"),
     _Row("OSMA_API_VERSION", "osma_api_version", _api_version, DEFAULT_OSMA_API_VERSION, "{}"),
     _Row("HEARTBEAT_TTL", "heartbeat_ttl", _integer(minimum=3), 30, "{} s"),
+    # Seconds a lock outlives its last renewal, and the bound within which an upstream is
+    # assumed to finish a request (docs/contract.md): keep 60 for Osma and OGSM; tests lower it.
+    _Row("LOCK_TTL", "lock_ttl", _integer(minimum=1), 60, "{} s"),
     _Row("OGSM_BASE_URL", "ogsm_base_url", _base_url, None, _or("-")),
     _Row("OGSM_USERNAME", "ogsm_username", _text, None, _or("-")),
     _Row("OGSM_PASSWORD", "ogsm_password", _secret, None, _or("-")),
@@ -318,6 +321,7 @@ class Settings:
     osma_base_url: str = _DEFAULT["osma_base_url"]
     osma_api_version: str = _DEFAULT["osma_api_version"]
     heartbeat_ttl: int = _DEFAULT["heartbeat_ttl"]
+    lock_ttl: int = _DEFAULT["lock_ttl"]
     ogsm_base_url: str | None = _DEFAULT["ogsm_base_url"]
     ogsm_username: str | None = _DEFAULT["ogsm_username"]
     ogsm_password: Secret | None = _DEFAULT["ogsm_password"]

@@ -1,7 +1,8 @@
 """A fake Osma API for tests: tasks, members, users and files in memory, served over
 real HTTP. It checks the `osma-api-key`, keeps test- and live-mode data apart, enforces
 the documented request shapes, metadata limits, pagination rules and per-endpoint rate
-limits (429 with `Retry-After`), and replays the first answer for an `idempotency-key`.
+limits (429, with `Retry-After` only when asked: the documents show none), and replays
+the first answer for an `idempotency-key`, errors and injected failures included.
 
 ```python
 with FakeOsma() as osma:                      # serving on 127.0.0.1:<free port>
@@ -84,10 +85,16 @@ class FakeOsma(FakeService):
     name = "fake Osma"
 
     def __init__(
-        self, keys: tuple[str, ...] = (TEST_KEY, LIVE_KEY), *, enforce_rate_limit: bool = True
+        self,
+        keys: tuple[str, ...] = (TEST_KEY, LIVE_KEY),
+        *,
+        enforce_rate_limit: bool = True,
+        retry_after: str | None = None,
     ) -> None:
         self.keys = keys
         self.enforce_rate_limit = enforce_rate_limit
+        # The documents show no Retry-After on a 429, so by default there is none.
+        self.retry_after = retry_after
         self._counter = itertools.count(1)
         self._store: dict[tuple[str, str], dict[str, dict[str, Any]]] = {}
         self._idempotency: dict[tuple[str, str], tuple[bytes, int, bytes]] = {}
@@ -158,6 +165,22 @@ class FakeOsma(FakeService):
                 body["status_code"] = 429
         return json_response(body, status, headers)
 
+    def faulted(self, seen: Seen, fault: Fault) -> Response:
+        """Osma keeps the first answer per idempotency key, even an error: an injected
+        failure of a POST with a key is what a retry under that key gets back (unless the
+        test asked for `cached=False`). A 429 is not kept: a rate-limited request was not
+        processed. With `after=True` the work's own answer is already kept."""
+        response = self.fault_response(fault)
+        key = seen.headers.get("idempotency-key")
+        if fault.cached and not fault.after and seen.method == "POST" and key and response.status_code != 429:
+            api_key = seen.headers.get("osma-api-key", "")
+            fingerprint = orjson.dumps([seen.method, seen.path, _canonical(seen.body)])
+            with self.lock:
+                self._idempotency.setdefault(
+                    (api_key, key), (fingerprint, response.status_code, bytes(response.body))
+                )
+        return response
+
     def answer(self, seen: Seen, path: str, path_params: dict[str, str], operation: Operation) -> Response:
         resource = path.split("/")[1]
         headers = {"request-id": self.next_request_id()}
@@ -184,8 +207,8 @@ class FakeOsma(FakeService):
                     )
                 status, body = operation(resource, mode, seen, path_params)
         except OsmaError as exc:
-            if exc.status == 429:
-                headers["retry-after"] = "1"
+            if exc.status == 429 and self.retry_after is not None:
+                headers["retry-after"] = self.retry_after
             return json_response(exc.body, exc.status, headers)
         return json_response(body, status, headers)
 

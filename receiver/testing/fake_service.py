@@ -63,11 +63,29 @@ class Fault:
     body: Any = None
     delay: float = 0.0
     after: bool = False
+    cached: bool = True  # the fake Osma keeps this answer under the request's idempotency key
+    held: Hold | None = None
 
     def matches(self, method: str, path: str) -> bool:
         if self.method is not None and self.method.upper() != method:
             return False
         return self.path is None or fnmatch.fnmatchcase(path, self.path)
+
+
+@dataclass
+class Hold:
+    """A request the fake keeps waiting, unanswered and not yet carried out, until
+    `release()`: an upstream that has received a call and not finished it."""
+
+    arrived: threading.Event = field(default_factory=threading.Event)
+    released: threading.Event = field(default_factory=threading.Event)
+
+    def wait_until_arrived(self, timeout: float = 30.0) -> None:
+        if not self.arrived.wait(timeout):
+            raise AssertionError(f"no request reached the held endpoint within {timeout:g} s")
+
+    def release(self) -> None:
+        self.released.set()
 
 
 @dataclass
@@ -138,11 +156,14 @@ class FakeService:
         retry_after: float | str | None = None,
         body: Any = None,
         after: bool = False,
+        cached: bool = True,
     ) -> None:
         """Answer the next `times` matching requests with `status` (`float("inf")`: always);
         with `after=True` the request is carried out first (its answer is what fails).
 
         `path` is a glob on the request path, e.g. `"/api/v2/indicator_reports.json"`.
+        `cached=False` (fake Osma): the failure is not kept under the request's
+        idempotency key, as real Osma would keep it; a gentler fake for tests that want one.
         """
         with self.lock:
             self._faults.append(
@@ -154,6 +175,7 @@ class FakeService:
                     after=after,
                     retry_after=None if retry_after is None else str(retry_after),
                     body=body,
+                    cached=cached,
                 )
             )
 
@@ -169,6 +191,14 @@ class FakeService:
         """Delay the next `times` matching answers; `after=True` does the work first."""
         with self.lock:
             self._faults.append(Fault(times=times, method=method, path=path, delay=seconds, after=after))
+
+    def hold(self, *, method: str | None = None, path: str | None = None) -> Hold:
+        """Keep the next matching request waiting until the returned `Hold` is released;
+        then carry it out and answer it as usual."""
+        held = Hold()
+        with self.lock:
+            self._faults.append(Fault(times=1, method=method, path=path, held=held))
+        return held
 
     def heal(self) -> None:
         """Forget every fault not yet used."""
@@ -268,10 +298,19 @@ class FakeService:
         """The answer to a request that met a fault with a `status`."""
         raise NotImplementedError
 
+    def faulted(self, seen: Seen, fault: Fault) -> Response:
+        """Answer a request that met a fault (the fake Osma also remembers the answer)."""
+        return self.fault_response(fault)
+
     async def run(self, request: Request, endpoint: str, handle: Callable[[Seen], Response]) -> Response:
         """Record the request, apply a matching fault, else let `handle` answer."""
         seen = await self.seen(request, endpoint)
         fault = self.take_fault(seen.method, seen.path)
+        if fault is not None and fault.held is not None:
+            fault.held.arrived.set()
+            while not fault.held.released.is_set():
+                await asyncio.sleep(0.01)
+            fault = None
         if fault is None:
             response = handle(seen)
         else:
@@ -280,7 +319,7 @@ class FakeService:
             if fault.status is None or fault.after:
                 response = handle(seen)
             if fault.status is not None:
-                response = self.fault_response(fault)
+                response = self.faulted(seen, fault)
             if fault.delay and fault.after:
                 await asyncio.sleep(fault.delay)
         self.record(seen, response.status_code)

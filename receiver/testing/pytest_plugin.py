@@ -163,6 +163,9 @@ def osma_router_env(
         "OSMA_ROUTER_OGSM_USERNAME": fake_ogsm.username,
         "OSMA_ROUTER_OGSM_PASSWORD": fake_ogsm.password,
         "OSMA_ROUTER_LOG_FORMAT": "console",
+        # The fakes answer at once: a one-second bound keeps a retry after a lost answer
+        # (which waits for the bound) fast, with the same code path as production's 60 s.
+        "OSMA_ROUTER_LOCK_TTL": "1",
     }
     if osma_router_routes:
         path = tmp_path / "osma-router.toml"

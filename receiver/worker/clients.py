@@ -92,7 +92,9 @@ class Upstream:
 
     @property
     def ledger(self) -> EffectsLedger:
-        ledger: EffectsLedger = self._once("ledger", lambda: EffectsLedger(self.redis))
+        ledger: EffectsLedger = self._once(
+            "ledger", lambda: EffectsLedger(self.redis, lock_ttl=self.settings.lock_ttl)
+        )
         return ledger
 
     def close(self, loop: asyncio.AbstractEventLoop | None = None) -> None:

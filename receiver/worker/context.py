@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import uuid
 from collections.abc import Callable, Mapping
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -14,7 +16,7 @@ from redis import Redis
 
 from ..logs import ContextLogger
 from ..settings import Settings
-from ..store.ledger import Effect, EffectsLedger
+from ..store.ledger import Effect, EffectOutcome, EffectResult, EffectsLedger
 from ..upstream.ogsm import AsyncOgsmClient, OgsmClient
 from ..upstream.osma import AsyncOsmaClient, OsmaClient
 from .clients import Upstream
@@ -32,7 +34,10 @@ class Context:
     - `osma`, `ogsm` (and `osma_async`, `ogsm_async` for `async def` handlers): API
       clients built from the settings, shared by the jobs of a worker process; asking
       for one whose settings are missing fails the job with `UpstreamNotConfigured`
-    - `ledger`: the effects ledger, to make an upstream effect happen once
+    - `ledger`: the effects ledger, to make an upstream effect happen once; `locked(name)`
+      holds one of its locks for this execution, `osma_effect(...)` makes an Osma write once
+    - `execution_id`: this run of the job; locks belong to it, so a rerun of the same job
+      never walks into a lock an earlier, frozen run still holds
     """
 
     event_id: str
@@ -43,6 +48,7 @@ class Context:
     redis: Redis
     job_id: str = ""
     attempt: int = 1
+    execution_id: str = field(default_factory=lambda: uuid.uuid4().hex)
     clock: Callable[[], datetime] = field(default=lambda: datetime.now().astimezone())
     log: logging.LoggerAdapter[logging.Logger] = field(
         default_factory=lambda: ContextLogger(logging.getLogger("osma_router.handler"), {})
@@ -88,8 +94,39 @@ class Context:
             event_id=self.event_id,
             label=self.handler,
             scope=scope,
-            owner=self.job_id,
+            owner=self.execution_id,
         )
+
+    def locked(self, name: str) -> AbstractContextManager[None]:
+        """Hold the ledger's lock `name` for this execution (renewed while inside): a check
+        and the effect it guards become one step across workers."""
+        return self.ledger.locked(name, owner=self.execution_id)
+
+    def osma_effect(
+        self,
+        step: str,
+        call: Callable[[str], EffectResult],
+        reconcile: Callable[[], EffectResult | None],
+        *,
+        intent: Mapping[str, Any] | None = None,
+        label: str = "",
+    ) -> EffectOutcome:
+        """Make one Osma write happen once, `call(idempotency_key)` sending it.
+
+        Osma keeps its first answer per idempotency key, errors included, and refuses a key
+        reused with other parameters. So after an attempt whose answer did not apply the
+        write (5xx, timeout, a cached error), the next attempt first calls `reconcile()` to
+        read back whether it happened; if not, it sends under a new key generation
+        (`<key>.g2`, ...). `label`: index the outcome under this name for the event.
+        """
+        effect = Effect(
+            self.idempotency_key(step),
+            intent=dict(intent or {}),
+            event_id=self.event_id if label else "",
+            label=label,
+            owner=self.execution_id,
+        )
+        return self.ledger.perform_keyed(effect, call, reconcile=lambda intent, claimed: reconcile())
 
     def now(self) -> datetime:
         return self.clock()
@@ -97,7 +134,10 @@ class Context:
     def idempotency_key(self, step: str = "main") -> str:
         """A key that is the same for every attempt of this (event, route, step).
 
-        Send it as Osma's `idempotency-key`, or use it to name an effect in a ledger.
+        It names an effect in the ledger. Sent as Osma's `idempotency-key` it is the first
+        generation only: Osma keeps the first answer per key, a 5xx included, so a retry
+        under the same key gets that 5xx again. Use `osma_effect`, which moves to a new
+        generation when the first answer did not apply the write.
         """
         raw = f"{self.event_id}|{self.route_key}|{step}"
         if len(raw) <= 200 and raw.isprintable():

@@ -7,6 +7,7 @@ import asyncio
 import inspect
 import logging
 import math
+import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -17,7 +18,7 @@ from redis import Redis
 from rq.job import Job, get_current_job
 
 from ..crypto import Sealer
-from ..exceptions import ConfigError, PermanentError, RateLimited, is_retryable
+from ..exceptions import ClaimHeld, ConfigError, PermanentError, RateLimited, is_retryable
 from ..logs import ContextLogger
 from ..model.events import Event, build_event, parse_time
 from ..model.plugins import HandlerRegistry
@@ -110,6 +111,7 @@ def execute(spec: Mapping[str, Any], runtime: WorkerRuntime | None = None) -> No
             redis=runtime.redis,
             job_id=job.id if job else "",
             attempt=attempt,
+            execution_id=f"{job.id if job else 'inline'}:{uuid.uuid4().hex[:12]}",
             upstream=runtime.upstream,
             log=ContextLogger(
                 logging.getLogger("osma_router.handler"),
@@ -136,6 +138,11 @@ def _attempt(job: Job | None) -> int:
 
 def _record_failure(job: Job, exc: BaseException, attempt: int) -> None:
     """Shape RQ's retry decision to our policy and keep a one-line reason for `failed list`."""
+    if isinstance(exc, ClaimHeld):
+        _defer(job, exc.retry_after)
+        job.meta["waiting"] = str(exc)[:500]
+        _save_meta(job)
+        return
     if not is_retryable(exc):
         job.retries_left = 0  # RQ then moves the job to the failed registry at once
     elif isinstance(exc, RateLimited) and job.retries_left and job.retry_intervals:
@@ -149,6 +156,25 @@ def _record_failure(job: Job, exc: BaseException, attempt: int) -> None:
     job.meta["attempts"] = attempt
     job.meta["last_error"] = f"{kind}: {message}"[:500]
     job.meta["retrying"] = bool(job.retries_left)
+    _save_meta(job)
+
+
+def _defer(job: Job, seconds: float) -> None:
+    """Have RQ run the job again in `seconds` without using up one of its attempts.
+
+    RQ retries with `retry_intervals[len(intervals) - retries_left]` and then takes one
+    from `retries_left`: give the attempt back and insert the wait where RQ reads next, so
+    the route's own backoff still follows for real failures.
+    """
+    intervals = list(job.retry_intervals or [])
+    left = job.retries_left or 0
+    index = max(len(intervals) - left, 0)
+    intervals.insert(index, max(1, math.ceil(seconds)))
+    job.retry_intervals = intervals
+    job.retries_left = left + 1
+
+
+def _save_meta(job: Job) -> None:
     try:
         job.save_meta()  # type: ignore[no-untyped-call]
     except Exception:  # the retry bookkeeping below still happens through RQ

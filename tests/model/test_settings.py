@@ -310,6 +310,7 @@ def test_summary_lists_every_shown_setting_in_field_order() -> None:
         "osma_base_url",
         "osma_api_version",
         "heartbeat_ttl",
+        "lock_ttl",
         "ogsm_base_url",
         "ogsm_username",
         "ogsm_password",

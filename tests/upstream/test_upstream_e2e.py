@@ -257,7 +257,14 @@ def test_a_worker_killed_mid_stream_loses_nothing_and_duplicates_nothing(
     fake_ogsm.add_strategy(id=7)
     # Answers come 20 ms after OGSM has done the work: a kill then often lands in between.
     fake_ogsm.slow(0.02, after=True, times=float("inf"))
-    env = upstream_env(redis_server.url, routes, fake_osma, fake_ogsm, OSMA_ROUTER_HEARTBEAT_TTL="3")
+    env = upstream_env(
+        redis_server.url,
+        routes,
+        fake_osma,
+        fake_ogsm,
+        OSMA_ROUTER_HEARTBEAT_TTL="3",
+        OSMA_ROUTER_LOCK_TTL="3",
+    )
     service = Service(env, tmp_path)
     expected_reports, expected_titles = set(), set()
     start = datetime(2026, 1, 1, 9, tzinfo=UTC)

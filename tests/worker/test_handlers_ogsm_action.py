@@ -170,14 +170,45 @@ def test_task_metadata_records_the_effect_of_another_route(deliver, fake_ogsm, f
     "osma_router_routes",
     [('[[routes]]\nhandler = "osma.task_metadata"\nmetadata = { synced = "yes" }\nbackoff = [0]\n')],
 )
-def test_osma_503_then_success_writes_once_with_one_idempotency_key(deliver, fake_osma):
+def test_osma_503_twice_then_success_reads_back_and_moves_to_a_new_key_each_time(deliver, fake_osma):
+    """Osma keeps the first answer per idempotency key, a 503 too (the fake does the same):
+    a retry under the same key would get the 503 for ever. Each retry reads the task back
+    first and, the metadata being absent, sends under the next key generation."""
     task = fake_osma.add_task(template="t")
     fake_osma.fail(503, times=2, method="POST")
     deliver(task_event("task.updated", task))
     posts = fake_osma.requests_to("POST")
     assert [p.status for p in posts] == [503, 503, 200]
-    assert len({p.headers["idempotency-key"] for p in posts}) == 1
+    first = posts[0].headers["idempotency-key"]
+    assert [p.headers["idempotency-key"] for p in posts] == [first, f"{first}.g2", f"{first}.g3"]
+    reads = fake_osma.requests_to("GET", f"/tasks/{task['id']}")
+    assert len(reads) == 2  # one read-back before each new generation
     assert fake_osma.task(task["id"])["metadata"] == {"synced": "yes"}
+
+
+@pytest.mark.parametrize(
+    "osma_router_routes",
+    [('[[routes]]\nhandler = "osma.task_metadata"\nmetadata = { synced = "yes" }\nbackoff = [0]\n')],
+)
+def test_a_503_whose_write_happened_is_reconciled_not_sent_again(deliver, fake_osma):
+    """The write went through and only its answer failed: the read-back finds the values,
+    and nothing is sent under a new key."""
+    task = fake_osma.add_task(template="t")
+    fake_osma.fail(503, method="POST", after=True)
+    deliver(task_event("task.updated", task))
+    assert [p.status for p in fake_osma.requests_to("POST")] == [503]
+    assert fake_osma.task(task["id"])["metadata"] == {"synced": "yes"}
+
+
+@pytest.mark.parametrize(
+    "osma_router_routes",
+    [('[[routes]]\nhandler = "osma.task_metadata"\nmetadata = { synced = "yes" }\nbackoff = [0]\n')],
+)
+def test_the_gentler_fake_keeps_no_failure_under_the_key(deliver, fake_osma):
+    task = fake_osma.add_task(template="t")
+    fake_osma.fail(503, method="POST", cached=False)
+    deliver(task_event("task.updated", task))
+    assert [p.status for p in fake_osma.requests_to("POST")] == [503, 200]
 
 
 @pytest.mark.parametrize(
