@@ -10,7 +10,7 @@ import time
 
 from ..exceptions import ConfigError
 from ..settings import Settings
-from ..store.server import RedisServer
+from ..store.server import RedisServer, dying_with_parent
 from .tls import ensure_dev_certificate, trust_instructions
 
 DEV_SECRET = "whsec_dev_local_only"
@@ -45,12 +45,14 @@ def run_dev(settings: Settings, host: str = "127.0.0.1", port: int = 8000, https
     try:
         children.append(
             subprocess.Popen(
-                [*command, "serve", "--host", host, "--port", str(port), *tls],
+                dying_with_parent([*command, "serve", "--host", host, "--port", str(port), *tls]),
                 env=env,
                 start_new_session=True,
             )
         )
-        children.append(subprocess.Popen([*command, "worker"], env=env, start_new_session=True))
+        children.append(
+            subprocess.Popen(dying_with_parent([*command, "worker"]), env=env, start_new_session=True)
+        )
         url = f"{'https' if https else 'http'}://{host}:{port}"
         trust = ""
         if certificate is not None:

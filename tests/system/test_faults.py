@@ -422,6 +422,7 @@ def through_proxy(redis, redis_server, fake_ogsm: FakeOgsm, tmp_path) -> Iterato
         OSMA_ROUTER_OGSM_BASE_URL=proxy.url + "/api/v2",
         OSMA_ROUTER_OGSM_USERNAME=fake_ogsm.username,
         OSMA_ROUTER_OGSM_PASSWORD=fake_ogsm.password,
+        OSMA_ROUTER_LOCK_TTL="1",  # the proxy answers at once: a short bound keeps retries quick
     )
     receiver = live_receiver(redis_server.url, routes)
     yield {"proxy": proxy, "env": env, "receiver": receiver, "cwd": tmp_path}

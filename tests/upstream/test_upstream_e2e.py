@@ -39,6 +39,9 @@ backoff = [0]
 
 
 def upstream_env(redis_url: str, routes: Path, fake_osma, fake_ogsm, **extra: str) -> dict[str, str]:
+    # The fakes answer at once: a 1 s bound (OSMA_ROUTER_LOCK_TTL) keeps the wait after a
+    # lost answer short; a test may set its own.
+    extra = {"OSMA_ROUTER_LOCK_TTL": "1", **extra}
     return env_for(
         redis_url,
         routes,
