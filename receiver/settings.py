@@ -122,6 +122,50 @@ def _base_url(name: str, value: str) -> str:
     return value.rstrip("/")
 
 
+OGSM_API_PATH = "/api/v2"
+
+
+def _ogsm_base_url(name: str, value: str) -> str:
+    # Without the API path every OGSM call is a 404 that no retry fixes: refuse it at start-up.
+    url = _base_url(name, value)
+    if not urlsplit(url).path.endswith(OGSM_API_PATH):
+        raise ConfigError(
+            f"{PREFIX}{name} must end in {OGSM_API_PATH}, like https://<sub>.ogsm.online{OGSM_API_PATH}, "
+            f"got {value!r}"
+        )
+    return url
+
+
+MODES = ("live", "test", "any")
+_KEY_PREFIXES = {"sk_live_": "live", "sk_test_": "test"}
+
+
+def _mode(name: str, value: str) -> str:
+    value = value.lower()
+    if value not in MODES:
+        raise ConfigError(f"{PREFIX}{name} must be live, test or any, got {value!r}")
+    return value
+
+
+def key_mode(key: Secret | None) -> str | None:
+    """The mode an Osma API key works in, from its prefix; None without a key or with another prefix."""
+    if key is None:
+        return None
+    text = key.reveal()
+    return next((mode for prefix, mode in _KEY_PREFIXES.items() if text.startswith(prefix)), None)
+
+
+def _mode_agrees_with_the_key(values: Mapping[str, Any]) -> None:
+    # docs/contract.md, "Event envelope": the key decides; a MODE that says otherwise is a mistake
+    # that would otherwise be silently ignored.
+    mode, from_key = values["mode"], key_mode(values["osma_api_key"])
+    if mode is not None and from_key is not None and mode != from_key:
+        raise ConfigError(
+            f"{PREFIX}MODE is {mode!r} but {PREFIX}OSMA_API_KEY is a {from_key} key (sk_{from_key}_...), "
+            f"which sets the mode: unset {PREFIX}MODE or set it to {from_key}"
+        )
+
+
 def _api_version(name: str, value: str) -> str:
     try:
         date.fromisoformat(value)
@@ -175,6 +219,13 @@ def _log_format(name: str, value: str) -> str:
     value = value.lower()
     if value not in ("json", "console"):
         raise ConfigError(f"{PREFIX}{name} must be 'json' or 'console', got {value!r}")
+    return value
+
+
+def _ogsm_action_body(name: str, value: str) -> str:
+    value = value.lower()
+    if value not in ("wrapped", "bare"):
+        raise ConfigError(f"{PREFIX}{name} must be 'wrapped' or 'bare', got {value!r}")
     return value
 
 
@@ -277,13 +328,17 @@ _TABLE: tuple[_Row, ...] = (
     _Row("OSMA_API_KEY", "osma_api_key", _secret, None, _or("-")),
     _Row("OSMA_BASE_URL", "osma_base_url", _base_url, "https://api.osma.com", "{}"),
     _Row("OSMA_API_VERSION", "osma_api_version", _api_version, DEFAULT_OSMA_API_VERSION, "{}"),
+    # Shown by check-config on a line of its own, with where the mode came from.
+    _Row("MODE", "mode", _mode, None, None, check=_mode_agrees_with_the_key),
     _Row("HEARTBEAT_TTL", "heartbeat_ttl", _integer(minimum=3), 30, "{} s"),
     # Seconds a lock outlives its last renewal, and the bound within which an upstream is
     # assumed to finish a request (docs/contract.md): keep 60 for Osma and OGSM; tests lower it.
     _Row("LOCK_TTL", "lock_ttl", _integer(minimum=1), 60, "{} s"),
-    _Row("OGSM_BASE_URL", "ogsm_base_url", _base_url, None, _or("-")),
+    _Row("OGSM_BASE_URL", "ogsm_base_url", _ogsm_base_url, None, _or("-")),
     _Row("OGSM_USERNAME", "ogsm_username", _text, None, _or("-")),
     _Row("OGSM_PASSWORD", "ogsm_password", _secret, None, _or("-")),
+    # The body shape of OGSM action writes; the documents leave it open (docs/upstream.md, "OGSM client").
+    _Row("OGSM_ACTION_BODY", "ogsm_action_body", _ogsm_action_body, "wrapped", None),
     _Row("CONFIG", "config_path", _routes_file, None, _or("- (no routes file)"),
          when_unset=_routes_file_if_present),
     _Row("CAPTURE", "capture", _switch, False, _on_off),
@@ -320,11 +375,13 @@ class Settings:
     osma_api_key: Secret | None = _DEFAULT["osma_api_key"]
     osma_base_url: str = _DEFAULT["osma_base_url"]
     osma_api_version: str = _DEFAULT["osma_api_version"]
+    mode: str | None = _DEFAULT["mode"]  # OSMA_ROUTER_MODE as given; `service_mode` is what applies
     heartbeat_ttl: int = _DEFAULT["heartbeat_ttl"]
     lock_ttl: int = _DEFAULT["lock_ttl"]
     ogsm_base_url: str | None = _DEFAULT["ogsm_base_url"]
     ogsm_username: str | None = _DEFAULT["ogsm_username"]
     ogsm_password: Secret | None = _DEFAULT["ogsm_password"]
+    ogsm_action_body: str = _DEFAULT["ogsm_action_body"]
     config_path: Path | None = _DEFAULT["config_path"]
     capture: bool = _DEFAULT["capture"]
     capture_max_age: float = _DEFAULT["capture_max_age"]
@@ -351,6 +408,12 @@ class Settings:
             if row.check is not None:
                 row.check(values)
         return cls(**values, extra={k: v for k, v in env.items() if not k.startswith(PREFIX)})
+
+    @property
+    def service_mode(self) -> str:
+        """live, test or any: the Osma API key's mode, else OSMA_ROUTER_MODE, else any
+        (docs/contract.md, "Event envelope")."""
+        return key_mode(self.osma_api_key) or self.mode or "any"
 
     def require_redis_url(self) -> str:
         if not self.redis_url:

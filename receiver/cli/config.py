@@ -8,6 +8,7 @@ from typing import Any
 from ..crypto import new_key
 from ..model.plugins import HandlerRegistry
 from ..model.routes import load_config
+from ..settings import Settings, key_mode
 from .common import add_command, current_settings
 
 
@@ -18,6 +19,7 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     print("settings:")
     for name, value in config.summary().items():
         print(f"  {name:<22} {value}")
+    print(f"  {'mode':<22} {describe_mode(config)}")
     print(f"handlers available: {', '.join(sorted(registry.handlers)) or 'none'}")
     print(f"routes ({len(routes.routes)}):")
     for route in routes.routes:
@@ -34,6 +36,22 @@ def cmd_check_config(args: argparse.Namespace) -> int:
         print(f"warning: {warning}")
     print("configuration OK")
     return 0
+
+
+def describe_mode(settings: Settings) -> str:
+    """The mode that applies and where it comes from (docs/contract.md, "Event envelope")."""
+    if key_mode(settings.osma_api_key) is not None:
+        source = "from the Osma API key's prefix"
+    elif settings.mode is not None:
+        source = "from OSMA_ROUTER_MODE"
+    else:
+        source = "the default"
+    what = {
+        "live": 'test events reach only routes with live_mode = false or "any"',
+        "test": 'live events reach only routes with live_mode = true or "any"',
+        "any": "events of both modes are routed, unless a route sets live_mode",
+    }[settings.service_mode]
+    return f"{settings.service_mode} ({source}; {what})"
 
 
 def cmd_keygen(args: argparse.Namespace) -> int:

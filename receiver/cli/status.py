@@ -82,6 +82,7 @@ def render(status: Status, redis_url: str) -> str:
     out.append(
         f"capture  {'on' if capture.get('enabled') else 'off'}, {capture.get('kept', 0):,} delivery(ies) kept"
     )
+    out.extend(f"warning: {warning}" for warning in status.warnings)
     return "\n".join(out)
 
 

@@ -8,6 +8,7 @@ handler = "ogsm.indicator_report"
 indicator_id = 456                 # everything else is the handler's parameters
 retries = 5                        # attempts after the first (default 4)
 backoff = [5, 30, 120, 600]        # seconds before each retry; the last repeats
+live_mode = true                   # optional: only live (true) or test (false) events, or "any"
 ```
 """
 
@@ -19,7 +20,7 @@ import tomllib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import orjson
 
@@ -31,9 +32,12 @@ from .plugins import HandlerRegistry
 DEFAULT_RETRIES = 4
 DEFAULT_BACKOFF = (5.0, 20.0, 80.0, 320.0)
 DEFAULT_JOB_TIMEOUT = 120
-RESERVED_KEYS = frozenset({"on", "where", "handler", "retries", "backoff", "queue", "timeout"})
+RESERVED_KEYS = frozenset({"on", "where", "handler", "retries", "backoff", "queue", "timeout", "live_mode"})
 _SAFE_ID = re.compile(r"[A-Za-z0-9_-]{1,100}\Z")
 _TYPE_PATTERN = re.compile(r"(\*|[A-Za-z0-9_.-]+(\.\*)?)\Z")
+# A route's `live_mode`: true (live events only), false (test events only), "any", or None
+# when the route does not say and the service's mode applies.
+LiveMode = bool | Literal["any"] | None
 
 
 @dataclass(frozen=True)
@@ -50,6 +54,7 @@ class Route:
     backoff: tuple[float, ...] = DEFAULT_BACKOFF
     queue: str | None = None
     timeout: int = DEFAULT_JOB_TIMEOUT
+    live_mode: LiveMode = None
 
     def matches_type(self, event_type: str) -> bool:
         return any(type_matches(pattern, event_type) for pattern in self.on)
@@ -66,7 +71,12 @@ class Route:
 
     def describe(self) -> str:
         where = f" where {dict(self.where)}" if self.where else ""
-        return f"#{self.index + 1} on {', '.join(self.on)}{where} -> {self.handler}"
+        mode = "" if self.live_mode is None else f" (live_mode {_toml(self.live_mode)})"
+        return f"#{self.index + 1} on {', '.join(self.on)}{where} -> {self.handler}{mode}"
+
+
+def _toml(value: bool | str) -> str:
+    return str(value).lower() if isinstance(value, bool) else f'"{value}"'
 
 
 def type_matches(pattern: str, event_type: str) -> bool:
@@ -107,10 +117,22 @@ class Config:
 
 
 class RouteTable:
-    """Finds the routes of an event; built once, asked once per delivery."""
+    """Finds the routes of an event; built once, asked once per delivery.
 
-    def __init__(self, routes: Sequence[Route]) -> None:
+    `mode` is the service's (live, test or any; `Settings.service_mode`). An event whose
+    `live_mode` differs from the mode that applies to a route (the route's own `live_mode`,
+    else the service's) does not go to that route. Events without a boolean `live_mode`
+    (Osmos records, hand-written replay lines) are never held back (docs/contract.md,
+    "Event envelope").
+    """
+
+    def __init__(self, routes: Sequence[Route], mode: str = "any") -> None:
         self.routes = tuple(routes)
+        self.mode = mode
+        # Per route, in file order (a route's index is its position): the `live_mode` an event
+        # needs, or None for either. Worked out once, so an event pays only when it is held back.
+        self._needs = tuple(_needed_mode(route.live_mode, mode) for route in self.routes)
+        self._filters = any(needed is not None for needed in self._needs)
         self._exact: dict[str, list[Route]] = {}
         self._other: list[Route] = []
         for route in self.routes:
@@ -131,9 +153,31 @@ class RouteTable:
                 self._cache[event_type] = cached
         return cached
 
-    def match(self, event_type: str, obj: Mapping[str, Any]) -> list[Route]:
+    def match(self, event_type: str, obj: Mapping[str, Any], live_mode: object = None) -> list[Route]:
         """The routes an event goes to, in file order."""
-        return [r for r in self.routes_for_type(event_type) if not r.where or r.matches_object(obj)]
+        return self.route(event_type, obj, live_mode)[0]
+
+    def route(
+        self, event_type: str, obj: Mapping[str, Any], live_mode: object = None
+    ) -> tuple[list[Route], int]:
+        """The routes an event goes to, in file order, and how many of the routes its type and
+        object match were held back because its `live_mode` is not the one that applies."""
+        matched = [r for r in self.routes_for_type(event_type) if not r.where or r.matches_object(obj)]
+        if not self._filters or not isinstance(live_mode, bool) or not matched:
+            return matched, 0
+        needs = self._needs
+        kept = [r for r in matched if needs[r.index] is None or needs[r.index] is live_mode]
+        return kept, len(matched) - len(kept)
+
+
+def _needed_mode(route_mode: LiveMode, service_mode: str) -> bool | None:
+    """The `live_mode` an event needs to go to a route: the route's own choice, else the service's."""
+    chosen: object = service_mode if route_mode is None else route_mode
+    if chosen is True or chosen == "live":
+        return True
+    if chosen is False or chosen == "test":
+        return False
+    return None
 
 
 def load_config(path: Path | None, registry: HandlerRegistry | None = None) -> Config:
@@ -245,6 +289,9 @@ def _parse_route(table: Any, index: int, where_: str, registry: HandlerRegistry 
     timeout = table.get("timeout", DEFAULT_JOB_TIMEOUT)
     if not isinstance(timeout, int) or isinstance(timeout, bool) or timeout <= 0:
         raise ConfigError(f"{label}: `timeout` must be a positive whole number of seconds")
+    live_mode = table.get("live_mode")
+    if live_mode is not None and not isinstance(live_mode, bool) and live_mode != "any":
+        raise ConfigError(f'{label}: `live_mode` must be true (live events), false (test events) or "any"')
 
     params = {k: v for k, v in table.items() if k not in RESERVED_KEYS}
     if handler is not None:
@@ -253,6 +300,8 @@ def _parse_route(table: Any, index: int, where_: str, registry: HandlerRegistry 
         except ConfigError as exc:
             raise ConfigError(f"{label}: {exc}") from None
 
+    # `live_mode` stays out of the key: it chooses which events reach the route, not what the
+    # route does, so setting it keeps the route's job ids and ledger entries (and so its effects).
     canonical = orjson.dumps(
         {"on": on_value, "where": where, "handler": handler_name, "params": params},
         option=orjson.OPT_SORT_KEYS,
@@ -270,4 +319,5 @@ def _parse_route(table: Any, index: int, where_: str, registry: HandlerRegistry 
         backoff=tuple(float(b) for b in backoff),
         queue=queue,
         timeout=timeout,
+        live_mode=live_mode,
     )

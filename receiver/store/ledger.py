@@ -44,6 +44,7 @@ outcome = ctx.ledger.perform(
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 import uuid
@@ -55,13 +56,17 @@ from typing import Any
 
 import orjson
 from redis import Redis
+from redis.exceptions import ResponseError
 
 from .. import keys
-from ..exceptions import ClaimHeld, LockLost, Rejected
+from ..exceptions import ClaimHeld, LockLost, RateLimited, Rejected
 
 RETENTION = 90 * 24 * 3600  # seconds the ledger, counts and watermarks are kept after a write
 LOCK_TTL = 60  # seconds; also the bound within which an upstream finishes a request
 LOCK_WAIT = 15.0  # seconds to wait in-process for a busy lock before retrying the job later
+# With replicas, how long a claim waits (WAIT 1 <ms>) for one of them to hold the intent
+# before the upstream call: a failover then cannot forget it (docs/operations.md, "Durability").
+REPLICA_WAIT_MS = 1000
 # Set on an exception raised by an upstream call: the call may still be in flight upstream.
 _IN_FLIGHT = "_osma_router_call_in_flight"
 
@@ -127,6 +132,8 @@ if ARGV[9] ~= '' then
 end
 return 1
 """
+
+log = logging.getLogger("osma_router.ledger")
 
 EffectResult = dict[str, Any]
 Reconcile = Callable[[Mapping[str, Any], Collection[str]], EffectResult | None]
@@ -247,6 +254,7 @@ class EffectsLedger:
         self._claim = redis.register_script(_CLAIM)
         self._record_script = redis.register_script(_RECORD)
         self._held_by_token: dict[tuple[str, str], _Held] = {}
+        self._replicated: bool | None = None  # whether claims WAIT for a replica; asked once
 
     @property
     def _ttl_ms(self) -> int:
@@ -350,29 +358,57 @@ class EffectsLedger:
                 found = reconcile(orjson.loads(intent or b"{}"), self.claimed(effect.scope))
                 if found is not None:
                     return self._record(effect, "done", found, reconciled=True, owner=owner, lock=lock)
-            generation = int(
-                self._claim(
-                    keys=[keys.lock_key(lock), key],
-                    args=[
-                        owner,
-                        self._ttl_ms,
-                        orjson.dumps(effect.intent),
-                        time.time(),
-                        self.retention,
-                        int(keyed and retrying),
-                    ],
-                )
+            generation = self._claim_intent(
+                [keys.lock_key(lock), key],
+                [
+                    owner,
+                    self._ttl_ms,
+                    orjson.dumps(effect.intent),
+                    time.time(),
+                    self.retention,
+                    int(keyed and retrying),
+                ],
             )
             if generation == 0:
                 raise LockLost(f"the lock on {lock} expired while this execution was stopped; not calling")
             try:
                 result = act(effect.key if generation == 1 else f"{effect.key}.g{generation}")
-            except Rejected:
-                raise  # a 4xx: the effect did not happen, nothing is in flight
+            except (Rejected, RateLimited):
+                raise  # a 4xx or a 429: the request was not carried out, nothing is in flight
             except BaseException as exc:
                 setattr(exc, _IN_FLIGHT, True)
                 raise
             return self._record(effect, "done", result, owner=owner, lock=lock)
+
+    def _claim_intent(self, script_keys: list[str], script_args: list[Any]) -> int:
+        """Run the claim script; with replicas, wait until one of them holds the intent too.
+
+        WAIT counts the writes of its own connection, so it goes in one pipeline with the claim
+        (one connection, one round trip). A replica that does not answer in time costs
+        `REPLICA_WAIT_MS` and a warning, never the effect: the call goes ahead.
+        """
+        if self._replicated is None:
+            self._replicated = _has_replicas(self.redis)
+        if not self._replicated:
+            return int(self._claim(keys=script_keys, args=script_args))
+        with self.redis.pipeline(transaction=False) as pipe:
+            self._claim(keys=script_keys, args=script_args, client=pipe)
+            pipe.wait(1, REPLICA_WAIT_MS)
+            generation, acked = pipe.execute(raise_on_error=False)
+        if isinstance(generation, Exception):
+            raise generation
+        if isinstance(acked, ResponseError):  # WAIT refused (a managed Redis may disable it)
+            self._replicated = False
+            log.warning(
+                "Redis refused WAIT: effects are called without waiting for a replica",
+                extra={"reason": type(acked).__name__},
+            )
+        elif int(generation) != 0 and int(acked) < 1:
+            log.warning(
+                "no replica acknowledged the effect's intent in time: calling upstream anyway",
+                extra={"reason": "replica_wait_timeout", "duration_ms": REPLICA_WAIT_MS},
+            )
+        return int(generation)
 
     def skip(self, effect: Effect, reason: str) -> EffectOutcome:
         """Record that this effect deliberately posts nothing (a replay then also posts nothing)."""
@@ -415,6 +451,15 @@ class EffectsLedger:
                 "its outcome is left to the execution that holds it now"
             )
         return EffectOutcome(state, result, fresh=True, reconciled=reconciled)
+
+
+def _has_replicas(redis: Redis) -> bool:
+    """Whether this Redis has replicas connected (`INFO replication`, `connected_slaves`)."""
+    try:
+        info = redis.info("replication")
+    except ResponseError:  # INFO disabled: act as without replicas
+        return False
+    return int(info.get("connected_slaves", 0) or 0) > 0
 
 
 def _text(value: bytes | str) -> str:

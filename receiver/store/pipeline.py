@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 from redis.asyncio import Redis as AsyncRedis
 
@@ -17,6 +17,15 @@ from ..settings import Settings
 from .capture import CaptureWriter
 from .dedup import Admission, AdmitOutcome, EventStore
 from .enqueue import JobBuilder, JobWrite
+
+
+class Admitted(NamedTuple):
+    """What storing one delivery came to: the dedup outcome, the jobs queued, and how many
+    matching routes the event's `live_mode` held back (docs/contract.md, "Event envelope")."""
+
+    outcome: AdmitOutcome
+    jobs: int
+    held_back: int
 
 
 @dataclass
@@ -39,10 +48,25 @@ class Pipeline:
         sealed_line: str | None = None,
     ) -> list[JobWrite]:
         """The jobs of one event; a replay pins the handlers' clock to `received_at`."""
+        return self._jobs(source, payload, body, received_at, replay=replay, sealed_line=sealed_line)[0]
+
+    def _jobs(
+        self,
+        source: str,
+        payload: dict[str, Any],
+        body: bytes,
+        received_at: datetime,
+        *,
+        replay: bool,
+        sealed_line: str | None,
+    ) -> tuple[list[JobWrite], int]:
+        """`jobs_for`, and how many matching routes the event's `live_mode` held back."""
         data = payload.get("data")
         obj = data.get("object") if isinstance(data, dict) else None
-        routes = self.router.match(payload["type"], obj if isinstance(obj, dict) else {})
-        return self.builder.build(
+        routes, held_back = self.router.route(
+            payload["type"], obj if isinstance(obj, dict) else {}, payload.get("live_mode")
+        )
+        jobs = self.builder.build(
             source,
             payload["id"],
             payload["type"],
@@ -52,6 +76,7 @@ class Pipeline:
             clock="received_at" if replay else None,
             sealed_line=sealed_line,
         )
+        return jobs, held_back
 
     async def admit(
         self,
@@ -69,10 +94,27 @@ class Pipeline:
         `headers`: the delivery's, for capture (when on). `replay`: pin the clock; with
         `force_tag` the jobs run again under ids suffixed with it, even if the id was seen.
         """
+        admitted = await self.admit_counted(
+            source, payload, body, received_at, headers=headers, replay=replay, force_tag=force_tag
+        )
+        return admitted.outcome, admitted.jobs
+
+    async def admit_counted(
+        self,
+        source: str,
+        payload: dict[str, Any],
+        body: bytes,
+        received_at: datetime,
+        *,
+        headers: Sequence[tuple[bytes, bytes]] | None = None,
+        replay: bool = False,
+        force_tag: str | None = None,
+    ) -> Admitted:
+        """`admit`, also saying how many routes the event's `live_mode` held back (for metrics)."""
         capture = None
         if self.capture is not None and headers is not None:
             capture = self.capture.write(source, body, received_at, headers)
-        jobs = self.jobs_for(
+        jobs, held_back = self._jobs(
             source,
             payload,
             body,
@@ -85,7 +127,7 @@ class Pipeline:
         outcome = await self.store.admit(
             Admission(source, payload["id"], jobs, capture=capture, force=force_tag is not None)
         )
-        return outcome, len(jobs)
+        return Admitted(outcome, len(jobs), held_back)
 
 
 def build_pipeline(settings: Settings, config: Config, redis: AsyncRedis) -> Pipeline:
@@ -93,4 +135,5 @@ def build_pipeline(settings: Settings, config: Config, redis: AsyncRedis) -> Pip
     sealer = Sealer(settings.encryption_keys) if settings.encryption_keys else None
     builder = JobBuilder(config.routes, settings.queue_name, sealer)
     store = EventStore(redis, builder.templates, settings.dedup_ttl)
-    return Pipeline(RouteTable(config.routes), builder, store, CaptureWriter.from_settings(settings))
+    router = RouteTable(config.routes, settings.service_mode)
+    return Pipeline(router, builder, store, CaptureWriter.from_settings(settings))

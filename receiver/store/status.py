@@ -54,6 +54,7 @@ class Status:
     workers: list[WorkerRow]
     dedup: DedupCount
     capture: dict[str, Any] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
 
 
 def count_dedup_keys(redis: Redis, budget: float = SCAN_BUDGET, count: int = SCAN_COUNT) -> DedupCount:
@@ -89,7 +90,19 @@ def collect_status(
         workers=_workers(redis),
         dedup=count_dedup_keys(redis, scan_budget),
         capture={"enabled": settings.capture, "kept": int(redis.zcard(CAPTURE_KEY))},
+        warnings=durability_warnings(info),
     )
+
+
+def durability_warnings(info: dict[str, Any]) -> list[str]:
+    """What in the Redis's persistence breaks the promises that rest on it (docs/operations.md,
+    "Durability"): without the AOF a restart forgets the ledger's intents and the dedup marks."""
+    if info.get("aof_enabled"):
+        return []
+    return [
+        "Redis runs with appendonly no: a restart loses the effects ledger's intents and the dedup "
+        "marks since the last snapshot (set appendonly yes, appendfsync always)"
+    ]
 
 
 def _workers(redis: Redis) -> list[WorkerRow]:

@@ -33,6 +33,8 @@ class OsmaWebhook:
         self.latency = state.metrics.delivery_seconds.labels(self.source)
         self.accepted = state.metrics.deliveries.labels(self.source, "accepted", "")
         self.duplicates = state.metrics.deliveries.labels(self.source, "duplicate", "")
+        # Accepted, but the event's `live_mode` held back at least one matching route.
+        self.other_mode = state.metrics.deliveries.labels(self.source, "accepted", "other_mode")
         self.body_deadline = Deadline(state.settings.body_timeout)
         # One deadline per request for storing: behind a slow Redis, requests queue for the
         # next grouped call, and the client's own timeout (with its retry) would add up.
@@ -56,7 +58,7 @@ class OsmaWebhook:
             received_at = datetime.fromtimestamp(now, UTC)
             try:
                 with self.store_deadline.start():
-                    outcome, jobs = await state.pipeline.admit(
+                    outcome, jobs, held_back = await state.pipeline.admit_counted(
                         self.source, payload, body, received_at, headers=scope["headers"]
                     )
             except UNAVAILABLE as exc:
@@ -91,7 +93,7 @@ class OsmaWebhook:
             )
             return
         if outcome is AdmitOutcome.ACCEPTED:
-            self.accepted.inc()
+            (self.other_mode if held_back else self.accepted).inc()
             body_out = orjson.dumps({"status": "accepted", "id": event_id, "jobs": jobs})
             status = 202
         else:
