@@ -4,6 +4,11 @@ update and delete. It checks basic auth and `Content-Type: application/json` and
 enforces the documented body shapes (422 otherwise); like OGSM it has no idempotency,
 so a POST sent twice makes two resources.
 
+Action bodies are accepted in exactly one shape, the one the client sends with the same
+setting (docs/contract.md, "Effects under real conditions"): `{"action": {...}}` by
+default, the bare action object with `FakeOgsm(action_body="bare")`. The other shape is a
+422 whose message names the shape expected and `OSMA_ROUTER_OGSM_ACTION_BODY`.
+
 ```python
 with FakeOgsm() as ogsm:
     ogsm.add_indicator(id=456, title="Blood pressure updates")
@@ -66,9 +71,15 @@ class FakeOgsm(FakeService):
     name = "fake OGSM"
     prefix = PREFIX
 
-    def __init__(self, username: str = USERNAME, password: str = PASSWORD) -> None:
+    def __init__(
+        self, username: str = USERNAME, password: str = PASSWORD, *, action_body: str = "wrapped"
+    ) -> None:
+        if action_body not in ("wrapped", "bare"):
+            raise ValueError(f"action_body must be 'wrapped' or 'bare', got {action_body!r}")
         self.username = username
         self.password = password
+        # A test may switch it on a shared fake; reset() puts back the one given here.
+        self.action_body = self._initial_action_body = action_body
         self._ids = itertools.count(1001)
         self._store: dict[str, dict[int, dict[str, Any]]] = {}
         super().__init__()
@@ -141,6 +152,9 @@ class FakeOgsm(FakeService):
     def goal_reports(self, goal_id: int | None = None) -> list[dict[str, Any]]:
         return [r for r in self._all("goal_reports") if goal_id is None or r["goal"]["id"] == goal_id]
 
+    def add_action(self, **fields: Any) -> dict[str, Any]:
+        return self._seed("actions", _new_action({"title": "Action"}), fields)
+
     def actions(self) -> list[dict[str, Any]]:
         return self._all("actions")
 
@@ -148,6 +162,7 @@ class FakeOgsm(FakeService):
         with self.lock:
             super().reset()
             self._store.clear()
+            self.action_body = self._initial_action_body
 
     # --- HTTP ---------------------------------------------------------------------------
 
@@ -243,10 +258,7 @@ class FakeOgsm(FakeService):
         return create
 
     def _action_fields(self, seen: Seen, *, creating: bool) -> dict[str, Any]:
-        body = _json_object(seen.body)
-        # The action documents say "a JSON encoded action object"; Rails-style wrapping
-        # in {"action": {...}} is what the client sends, and both are accepted.
-        fields = body["action"] if set(body) == {"action"} and isinstance(body["action"], dict) else body
+        fields = self._unwrapped(_json_object(seen.body))
         unknown = sorted(set(fields) - ACTION_FIELDS)
         if unknown:
             raise Unprocessable(unknown[0], "unknown attribute")
@@ -284,24 +296,30 @@ class FakeOgsm(FakeService):
         _check_date(fields, "due")
         return dict(fields)
 
+    def _unwrapped(self, body: dict[str, Any]) -> dict[str, Any]:
+        """The action's fields from a body of the one shape this fake takes. Accepting
+        both would let a client that sends the wrong one pass every test."""
+        wrapped = set(body) == {"action"} and isinstance(body["action"], dict)
+        if self.action_body == "wrapped":
+            if not wrapped:
+                raise Unprocessable(
+                    "action",
+                    'the body must be {"action": {...}}: this fake OGSM takes wrapped action bodies, '
+                    "which the client sends with OSMA_ROUTER_OGSM_ACTION_BODY=wrapped",
+                )
+            fields: dict[str, Any] = body["action"]
+            return fields
+        if "action" in body:
+            raise Unprocessable(
+                "action",
+                'the body must be the bare action object, not {"action": {...}}: this fake OGSM takes '
+                "bare action bodies, which the client sends with OSMA_ROUTER_OGSM_ACTION_BODY=bare",
+            )
+        return body
+
     def _create_action(self, seen: Seen, path: dict[str, str]) -> tuple[int, Any]:
         fields = self._action_fields(seen, creating=True)
-        created = {
-            "id": next(self._ids),
-            "labels": [],
-            "strategies": [],
-            "description": None,
-            "assignee": None,
-            "involved": [],
-            "start": None,
-            "due": None,
-            "status": None,
-            "ogsm_canvases": [],
-            "traffic_light": None,
-            "progress": 0,
-            "archived": False,
-            **fields,
-        }
+        created = {"id": next(self._ids), **_new_action(fields)}
         self._bucket("actions")[created["id"]] = created
         return 201, copy.deepcopy(created)
 
@@ -312,6 +330,25 @@ class FakeOgsm(FakeService):
 
     def _delete_action(self, seen: Seen, path: dict[str, str]) -> tuple[int, Any]:
         return 200, self._bucket("actions").pop(_path_id(path))
+
+
+def _new_action(fields: dict[str, Any]) -> dict[str, Any]:
+    """An action as OGSM answers it: every documented field, defaults where not given."""
+    return {
+        "labels": [],
+        "strategies": [],
+        "description": None,
+        "assignee": None,
+        "involved": [],
+        "start": None,
+        "due": None,
+        "status": None,
+        "ogsm_canvases": [],
+        "traffic_light": None,
+        "progress": 0,
+        "archived": False,
+        **fields,
+    }
 
 
 def _path_id(path: dict[str, str]) -> int:

@@ -11,11 +11,16 @@ ogsm.actions.update(action["id"], {"progress": 100, "status": {"name": "done"}})
 Basic auth, JSON bodies sent as `application/json`, `.json` paths. OGSM has no
 idempotency support: a POST that is sent twice creates two resources, which is why the
 built-in handlers go through the effects ledger (`receiver/store/ledger.py`).
+
+Action bodies go `{"action": {...}}` by default (`action_body="wrapped"`), or as the bare
+action object (`action_body="bare"`, `OSMA_ROUTER_OGSM_ACTION_BODY=bare`): the documents
+show the wrapper only for measurements (docs/upstream.md says why wrapped is the default).
 """
 
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Callable, Mapping
 from datetime import date, datetime
 from typing import Any, Generic, TypeVar
@@ -27,6 +32,13 @@ from ..exceptions import InvalidRequest
 from .http import JSON, AsyncClientBase, Call, ClientBase, HTTPCore, SyncClientBase, TransportT, segment
 
 R = TypeVar("R")  # what one call gives: a JSON value, or an awaitable of one
+
+ACTION_BODIES = ("wrapped", "bare")
+DEFAULT_ACTION_BODY = "wrapped"
+ACTION_BODY_SETTING = "OSMA_ROUTER_OGSM_ACTION_BODY"
+_ACTION_WRITE = re.compile(r"/actions(/[^/]+)?\.json\Z")
+# 4xx answers that speak of the request's credentials, target or pace, never of its body.
+_NOT_ABOUT_THE_BODY = frozenset({401, 403, 404, 408, 425, 429})
 
 
 def iso_date(value: date | str) -> str:
@@ -58,6 +70,32 @@ def describe_ogsm_error(response: httpx.Response) -> str:
         return reason
     detail = body.get("errors", body.get("error")) if isinstance(body, dict) else None
     return f"{reason}: {orjson.dumps(detail).decode()[:300]}" if detail else reason
+
+
+def action_body_hint(action_body: str) -> str:
+    """What a rejected action write adds to its message: the documents leave the body
+    shape open, so the shape sent is the first suspect, and one setting switches it."""
+    other = "bare" if action_body == "wrapped" else "wrapped"
+    sent = 'wrapped as {"action": {...}}' if action_body == "wrapped" else "as a bare action object"
+    return f"the action was sent {sent}; if OGSM wants the other shape, set {ACTION_BODY_SETTING}={other}"
+
+
+def ogsm_error_describer(action_body: str) -> Callable[[httpx.Response], str]:
+    """`describe_ogsm_error`, plus `action_body_hint` on a 4xx answer to an action write."""
+
+    def describe(response: httpx.Response) -> str:
+        reason = describe_ogsm_error(response)
+        request = response.request
+        if (
+            400 <= response.status_code < 500
+            and response.status_code not in _NOT_ABOUT_THE_BODY
+            and request.method in ("POST", "PATCH")
+            and _ACTION_WRITE.search(request.url.path)
+        ):
+            return f"{reason} ({action_body_hint(action_body)})"
+        return reason
+
+    return describe
 
 
 def _where(**wanted: Any) -> Callable[[JSON], JSON]:
@@ -135,13 +173,15 @@ class ReportResource(ListResource[R]):
 
 
 class ActionResource(ListResource[R]):
-    """Actions: list, create, `PATCH actions/<id>.json`, `DELETE actions/<id>.json`."""
+    """Actions: list, create, `PATCH actions/<id>.json`, `DELETE actions/<id>.json`; bodies
+    in the configured shape (`wrapped`: `{"action": {...}}`, `bare`: the fields alone)."""
 
-    def __init__(self, api: _API[R]) -> None:
+    def __init__(self, api: _API[R], body: str = DEFAULT_ACTION_BODY) -> None:
         super().__init__(api, "actions")
+        self.body = check_action_body(body)
 
     def create(self, fields: Mapping[str, Any]) -> R:
-        return self._api._send(Call("POST", "actions.json", "POST /actions", json={"action": dict(fields)}))
+        return self._api._send(Call("POST", "actions.json", "POST /actions", json=self._body(fields)))
 
     def update(self, action_id: int | str, fields: Mapping[str, Any]) -> R:
         return self._api._send(
@@ -149,12 +189,21 @@ class ActionResource(ListResource[R]):
                 "PATCH",
                 f"actions/{segment(action_id)}.json",
                 "PATCH /actions/:id",
-                json={"action": dict(fields)},
+                json=self._body(fields),
             )
         )
 
+    def _body(self, fields: Mapping[str, Any]) -> dict[str, Any]:
+        return {"action": dict(fields)} if self.body == "wrapped" else dict(fields)
+
     def delete(self, action_id: int | str) -> R:
         return self._api._send(Call("DELETE", f"actions/{segment(action_id)}.json", "DELETE /actions/:id"))
+
+
+def check_action_body(action_body: str) -> str:
+    if action_body not in ACTION_BODIES:
+        raise InvalidRequest(f"action_body must be 'wrapped' or 'bare', got {action_body!r}")
+    return action_body
 
 
 def ogsm_core(
@@ -163,6 +212,7 @@ def ogsm_core(
     password: str,
     timeout: float | httpx.Timeout | None,
     max_inline_wait: float | None,
+    action_body: str = DEFAULT_ACTION_BODY,
 ) -> HTTPCore:
     if not base_url or not username or not password:
         raise InvalidRequest("the OGSM client needs a base URL, a username and a password")
@@ -173,7 +223,7 @@ def ogsm_core(
         headers={"accept": "application/json", "user-agent": "osma-router"},
         timeout=timeout,
         max_inline_wait=max_inline_wait,
-        describe_error=describe_ogsm_error,
+        describe_error=ogsm_error_describer(check_action_body(action_body)),
     )
 
 
@@ -190,15 +240,17 @@ class _OgsmAPI(_API[R], ClientBase[TransportT]):
         timeout: float | httpx.Timeout | None = None,
         max_inline_wait: float | None = None,
         transport: TransportT | None = None,
+        action_body: str = DEFAULT_ACTION_BODY,
     ) -> None:
-        self._open(ogsm_core(base_url, username, password, timeout, max_inline_wait), transport)
+        core = ogsm_core(base_url, username, password, timeout, max_inline_wait, action_body)
+        self._open(core, transport)
         self.objectives: ListResource[R] = ListResource(self, "objectives")
         self.goals: ListResource[R] = ListResource(self, "goals")
         self.strategies: ListResource[R] = ListResource(self, "strategies")
         self.indicators: ListResource[R] = ListResource(self, "indicators")
         self.goal_reports: ReportResource[R] = ReportResource(self, "goal")
         self.indicator_reports: ReportResource[R] = ReportResource(self, "indicator")
-        self.actions: ActionResource[R] = ActionResource(self)
+        self.actions: ActionResource[R] = ActionResource(self, action_body)
 
     def reports(self, target: str) -> ReportResource[R]:
         """`goal_reports` or `indicator_reports` by the target's kind (`"goal"`, `"indicator"`)."""

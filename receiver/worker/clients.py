@@ -68,6 +68,7 @@ class Upstream:
             "base_url": s.ogsm_base_url,
             "username": s.ogsm_username,
             "password": s.ogsm_password.reveal(),
+            "action_body": s.ogsm_action_body,
         }
 
     @property

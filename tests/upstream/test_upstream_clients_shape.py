@@ -58,6 +58,7 @@ def test_the_constructors_keep_their_arguments():
         "timeout",
         "max_inline_wait",
         "transport",
+        "action_body",
     ]
 
 
