@@ -63,7 +63,11 @@ from ..exceptions import ClaimHeld, LockLost, RateLimited, Rejected
 
 RETENTION = 90 * 24 * 3600  # seconds the ledger, counts and watermarks are kept after a write
 LOCK_TTL = 60  # seconds; also the bound within which an upstream finishes a request
-LOCK_WAIT = 15.0  # seconds to wait in-process for a busy lock before retrying the job later
+# Seconds to wait in-process for a busy lock before the job is deferred until it expires:
+# enough for another live job of the same KPI to finish (milliseconds), short enough that a
+# lock left by a dead worker does not hold this worker (it was 15 s: a minute of such locks
+# stalled every other job behind them).
+LOCK_WAIT = 2.0
 # With replicas, how long a claim waits (WAIT 1 <ms>) for one of them to hold the intent
 # before the upstream call: a failover then cannot forget it (docs/operations.md, "Durability").
 REPLICA_WAIT_MS = 1000

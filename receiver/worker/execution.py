@@ -8,7 +8,8 @@ import inspect
 import logging
 import math
 import uuid
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, ClassVar
@@ -123,6 +124,41 @@ def execute(spec: Mapping[str, Any], runtime: WorkerRuntime | None = None) -> No
         result = handler.func(event, ctx)
         if inspect.isawaitable(result):
             runtime.loop.run_until_complete(result)
+    except BaseException as exc:
+        if job is not None:
+            _record_failure(job, exc, attempt)
+        raise
+
+
+@contextmanager
+def job_context(spec: Mapping[str, Any], runtime: WorkerRuntime | None = None) -> Iterator[Context]:
+    """The `Context` of a job the service scheduled for itself, with no event (a coalesced
+    measurement's flush): the worker's settings, Redis, clients and ledger, locks owned by
+    this execution, and failures shaped into RQ's retry decision as for handler jobs.
+    `spec["route"]` names the route and handler it works for (logs, job counts)."""
+    runtime = runtime or WorkerRuntime.current()
+    job = get_current_job()
+    attempt = _attempt(job)
+    route = spec.get("route", {})
+    handler = str(route.get("handler", ""))
+    ctx = Context(
+        event_id="",
+        handler=handler,
+        route_key=str(route.get("key", "")),
+        params=None,
+        settings=runtime.settings,
+        redis=runtime.redis,
+        job_id=job.id if job else "",
+        attempt=attempt,
+        execution_id=f"{job.id if job else 'inline'}:{uuid.uuid4().hex[:12]}",
+        upstream=runtime.upstream,
+        log=ContextLogger(
+            logging.getLogger("osma_router.handler"),
+            {"handler": handler, "job_id": job.id if job else None},
+        ),
+    )
+    try:
+        yield ctx
     except BaseException as exc:
         if job is not None:
             _record_failure(job, exc, attempt)
