@@ -10,6 +10,7 @@ from receiver.exceptions import ConfigError
 from receiver.keys import dedup_key
 from receiver.model.plugins import HandlerRegistry
 from receiver.model.routes import parse_config
+from receiver.store.failed import FailedJobs
 from receiver.testing import task_event
 
 ACTION = """
@@ -227,3 +228,27 @@ def test_bad_route_parameters_are_a_config_error(route, message):
 
     with pytest.raises(ConfigError, match=message):
         parse_config(tomllib.loads(f"[[routes]]\n{route}\n"), registry=HandlerRegistry.discover())
+
+
+@pytest.mark.parametrize(
+    "osma_router_routes",
+    [('[[routes]]\nhandler = "osma.task_metadata"\nmetadata = { synced = "yes" }\nbackoff = [0]\n')],
+)
+def test_failed_retry_after_a_cached_4xx_sends_under_a_new_key(osma_router, fake_osma, osma_router_redis):
+    """A 4xx dead-letters the job, and Osma keeps that 400 under the key. Once the operator
+    has fixed the cause and runs `failed retry`, the retry reads the task back and sends
+    under the next key generation; under the old key it would get the cached 400 again."""
+    task = fake_osma.add_task(template="t")
+    fake_osma.fail(400, method="POST")
+    assert osma_router.post(task_event("task.updated", task)).status_code == 202
+    osma_router.drain()
+    failed = FailedJobs(osma_router_redis, osma_router.queues)
+    (row,) = list(failed)
+    assert "Rejected" in row.last_error
+    failed.retry(row.job_id)
+    osma_router.drain()
+    posts = fake_osma.requests_to("POST")
+    first = posts[0].headers["idempotency-key"]
+    assert [(p.status, p.headers["idempotency-key"]) for p in posts] == [(400, first), (200, f"{first}.g2")]
+    assert fake_osma.task(task["id"])["metadata"] == {"synced": "yes"}
+    assert list(failed) == []
