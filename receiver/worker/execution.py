@@ -89,6 +89,34 @@ def event_from_spec(spec: Mapping[str, Any], body: bytes) -> Event:
     return build_event(orjson.loads(body), source=str(spec["source"]), received_at=received_at)
 
 
+def new_context(
+    runtime: WorkerRuntime,
+    job: Job | None,
+    attempt: int,
+    handler: str,
+    route_key: str,
+    params: Any,
+    event_id: str = "",
+) -> Context:
+    """The `Context` of one execution of a job: its locks belong to this run only."""
+    ids = {"event_id": event_id, "handler": handler, "job_id": job.id if job else None}
+    return Context(
+        event_id=event_id,
+        handler=handler,
+        route_key=route_key,
+        params=params,
+        settings=runtime.settings,
+        redis=runtime.redis,
+        job_id=job.id if job else "",
+        attempt=attempt,
+        execution_id=f"{job.id if job else 'inline'}:{uuid.uuid4().hex[:12]}",
+        upstream=runtime.upstream,
+        log=ContextLogger(
+            logging.getLogger("osma_router.handler"), {k: v for k, v in ids.items() if v != ""}
+        ),
+    )
+
+
 def execute(spec: Mapping[str, Any], runtime: WorkerRuntime | None = None) -> None:
     runtime = runtime or WorkerRuntime.current()
     job = get_current_job()
@@ -103,22 +131,7 @@ def execute(spec: Mapping[str, Any], runtime: WorkerRuntime | None = None) -> No
         except ConfigError as exc:
             raise PermanentError(str(exc)) from None
         pinned = spec.get("clock") == "received_at"
-        ctx = Context(
-            event_id=event.id,
-            handler=handler.name,
-            route_key=str(route["key"]),
-            params=params,
-            settings=runtime.settings,
-            redis=runtime.redis,
-            job_id=job.id if job else "",
-            attempt=attempt,
-            execution_id=f"{job.id if job else 'inline'}:{uuid.uuid4().hex[:12]}",
-            upstream=runtime.upstream,
-            log=ContextLogger(
-                logging.getLogger("osma_router.handler"),
-                {"event_id": event.id, "handler": handler.name, "job_id": job.id if job else None},
-            ),
-        )
+        ctx = new_context(runtime, job, attempt, handler.name, str(route["key"]), params, event.id)
         if pinned:
             ctx.clock = lambda: event.received_at
         result = handler.func(event, ctx)
@@ -141,22 +154,7 @@ def job_context(spec: Mapping[str, Any], runtime: WorkerRuntime | None = None) -
     attempt = _attempt(job)
     route = spec.get("route", {})
     handler = str(route.get("handler", ""))
-    ctx = Context(
-        event_id="",
-        handler=handler,
-        route_key=str(route.get("key", "")),
-        params=None,
-        settings=runtime.settings,
-        redis=runtime.redis,
-        job_id=job.id if job else "",
-        attempt=attempt,
-        execution_id=f"{job.id if job else 'inline'}:{uuid.uuid4().hex[:12]}",
-        upstream=runtime.upstream,
-        log=ContextLogger(
-            logging.getLogger("osma_router.handler"),
-            {"handler": handler, "job_id": job.id if job else None},
-        ),
-    )
+    ctx = new_context(runtime, job, attempt, handler, str(route.get("key", "")), None)
     try:
         yield ctx
     except BaseException as exc:
