@@ -120,9 +120,8 @@ class DirectTarget:
         return f"would queue {what}"
 
     def deliver(self, delivery: Delivery, received_at: datetime) -> ReplayResult:
-
         try:
-            outcome, jobs = self._loop.run_until_complete(
+            outcome, jobs, _ = self._loop.run_until_complete(
                 self.pipeline.admit(
                     delivery.source,
                     dict(delivery.payload),

@@ -88,29 +88,13 @@ class Pipeline:
         headers: Sequence[tuple[bytes, bytes]] | None = None,
         replay: bool = False,
         force_tag: str | None = None,
-    ) -> tuple[AdmitOutcome, int]:
+    ) -> Admitted:
         """Store the event and queue its jobs in one step (see dedup.py).
 
         `headers`: the delivery's, for capture (when on). `replay`: pin the clock; with
         `force_tag` the jobs run again under ids suffixed with it, even if the id was seen.
+        The answer also says how many matching routes the event's `live_mode` held back.
         """
-        admitted = await self.admit_counted(
-            source, payload, body, received_at, headers=headers, replay=replay, force_tag=force_tag
-        )
-        return admitted.outcome, admitted.jobs
-
-    async def admit_counted(
-        self,
-        source: str,
-        payload: dict[str, Any],
-        body: bytes,
-        received_at: datetime,
-        *,
-        headers: Sequence[tuple[bytes, bytes]] | None = None,
-        replay: bool = False,
-        force_tag: str | None = None,
-    ) -> Admitted:
-        """`admit`, also saying how many routes the event's `live_mode` held back (for metrics)."""
         capture = None
         if self.capture is not None and headers is not None:
             capture = self.capture.write(source, body, received_at, headers)

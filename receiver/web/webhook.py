@@ -58,7 +58,7 @@ class OsmaWebhook:
             received_at = datetime.fromtimestamp(now, UTC)
             try:
                 with self.store_deadline.start():
-                    outcome, jobs, held_back = await state.pipeline.admit_counted(
+                    outcome, jobs, held_back = await state.pipeline.admit(
                         self.source, payload, body, received_at, headers=scope["headers"]
                     )
             except UNAVAILABLE as exc:
