@@ -252,6 +252,19 @@ def _proxy_list(name: str, value: str) -> tuple[str, ...]:
     return entries
 
 
+def _dedup_covers_the_replay_window(values: Mapping[str, Any]) -> None:
+    # docs/contract.md, "Replay window": a signature stays valid from t - tolerance to
+    # t + tolerance, so a captured delivery can be replayed up to 2 x tolerance after it
+    # first arrived; its id must still be remembered by then.
+    tolerance, ttl = values["signature_tolerance"], values["dedup_ttl"]
+    if ttl < 2 * tolerance:
+        raise ConfigError(
+            f"{PREFIX}DEDUP_TTL ({ttl:g} s) must be at least twice {PREFIX}SIGNATURE_TOLERANCE "
+            f"({tolerance} s), so at least {2 * tolerance}: a captured delivery stays replayable "
+            "for twice the tolerance"
+        )
+
+
 def _capture_needs_a_key(values: Mapping[str, Any]) -> None:
     if values["capture"] and not values["encryption_keys"]:
         raise ConfigError(
@@ -322,7 +335,8 @@ _TABLE: tuple[_Row, ...] = (
     _Row("REDIS_URL", "redis_url", _redis_url, None, _redis),
     _Row("WEBHOOK_SECRETS", "webhook_secrets", _secret_list, (), _secrets),
     _Row("SIGNATURE_TOLERANCE", "signature_tolerance", _integer(minimum=0), 300, "{} s"),
-    _Row("DEDUP_TTL", "dedup_ttl", _positive_number, 259_200.0, "{:g} s"),
+    _Row("DEDUP_TTL", "dedup_ttl", _positive_number, 259_200.0, "{:g} s",
+         check=_dedup_covers_the_replay_window),
     _Row("MAX_BODY_BYTES", "max_body_bytes", _integer(minimum=1), _MIB, "{}"),
     _Row("OSMOS_MAX_BODY_BYTES", "osmos_max_body_bytes", _integer(minimum=1), 256 * _MIB, "{}"),
     _Row("OSMA_API_KEY", "osma_api_key", _secret, None, _or("-")),

@@ -168,7 +168,32 @@ def test_error_for_a_bad_value_does_not_echo_secrets() -> None:
 
 @pytest.mark.parametrize("value, expected", [("1", 1.0), ("0.5", 0.5), ("259200", 259_200.0), (" 10 ", 10.0)])
 def test_dedup_ttl_accepts_any_positive_number(value: str, expected: float) -> None:
-    assert load({"OSMA_ROUTER_DEDUP_TTL": value}).dedup_ttl == expected
+    env = {"OSMA_ROUTER_DEDUP_TTL": value, "OSMA_ROUTER_SIGNATURE_TOLERANCE": "0"}
+    assert load(env).dedup_ttl == expected
+
+
+# --- replay window: the dedup window covers twice the tolerance -----------------------------
+
+
+@pytest.mark.parametrize(
+    "tolerance, ttl", [("300", "599"), ("300", "1"), ("1", "1.5"), ("100000", "199999.9")]
+)
+def test_a_dedup_ttl_under_twice_the_tolerance_stops_start_up(tolerance: str, ttl: str) -> None:
+    error = config_error({"OSMA_ROUTER_SIGNATURE_TOLERANCE": tolerance, "OSMA_ROUTER_DEDUP_TTL": ttl})
+    assert "OSMA_ROUTER_DEDUP_TTL" in str(error) and "OSMA_ROUTER_SIGNATURE_TOLERANCE" in str(error)
+
+
+@pytest.mark.parametrize("tolerance, ttl", [("300", "600"), ("0", "0.001"), ("86400", "172800"), ("1", "2")])
+def test_any_tolerance_is_allowed_when_the_dedup_ttl_covers_it(tolerance: str, ttl: str) -> None:
+    settings = load({"OSMA_ROUTER_SIGNATURE_TOLERANCE": tolerance, "OSMA_ROUTER_DEDUP_TTL": ttl})
+    assert settings.dedup_ttl >= 2 * settings.signature_tolerance
+
+
+def test_a_large_tolerance_needs_a_dedup_ttl_beyond_the_default() -> None:
+    # 72 h of dedup covers a tolerance of up to 36 h; one second more is refused.
+    assert load({"OSMA_ROUTER_SIGNATURE_TOLERANCE": "129600"}).dedup_ttl == 259_200
+    error = config_error({"OSMA_ROUTER_SIGNATURE_TOLERANCE": "129601"})
+    assert "OSMA_ROUTER_DEDUP_TTL" in str(error) and "OSMA_ROUTER_SIGNATURE_TOLERANCE" in str(error)
 
 
 @pytest.mark.parametrize("value, expected", [("0", 0), ("300", 300), ("3600", 3600)])
@@ -255,11 +280,11 @@ def test_process_environment_wins_over_default_env_file(
     for name in list(os.environ):
         if name.startswith("OSMA_ROUTER_"):
             monkeypatch.delenv(name)
-    (clean_cwd / ".env").write_text("OSMA_ROUTER_SIGNATURE_TOLERANCE=120\nOSMA_ROUTER_DEDUP_TTL=60\n")
-    monkeypatch.setenv("OSMA_ROUTER_DEDUP_TTL", "7")
+    (clean_cwd / ".env").write_text("OSMA_ROUTER_SIGNATURE_TOLERANCE=120\nOSMA_ROUTER_DEDUP_TTL=600\n")
+    monkeypatch.setenv("OSMA_ROUTER_DEDUP_TTL", "240")
     settings = Settings.from_env()
     assert settings.signature_tolerance == 120
-    assert settings.dedup_ttl == 7
+    assert settings.dedup_ttl == 240
 
 
 def test_missing_env_file_is_not_an_error(tmp_path: Path) -> None:

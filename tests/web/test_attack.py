@@ -266,8 +266,11 @@ def test_an_old_delivery_is_rejected_by_its_timestamp_even_once_its_id_is_forgot
 ) -> None:
     """The dedup window has passed (1 s here) and the replay comes 301 s after signing: the
     timestamp alone stops it, and moving `t` forward breaks the signature."""
-    now = [time.time()]
-    receiver = start_receiver(ROUTES, clock=lambda: now[0], OSMA_ROUTER_DEDUP_TTL="1")
+    # A 1 s window covers a tolerance of 0 only (docs/contract.md, "Replay window").
+    now = [float(int(time.time()))]
+    receiver = start_receiver(
+        ROUTES, clock=lambda: now[0], OSMA_ROUTER_DEDUP_TTL="1", OSMA_ROUTER_SIGNATURE_TOLERANCE="0"
+    )
     body = make_event(event_id="evt_old")
     headers = signature_headers(body, timestamp=int(now[0]))
     assert receiver.post(body, headers).status_code == 202

@@ -199,14 +199,19 @@ def test_redis_down_gives_503_and_not_ready_then_recovers(start_receiver, redis,
 
 
 def test_dedup_window_expires(start_receiver, redis):
-    receiver = start_receiver(ROUTES, OSMA_ROUTER_DEDUP_TTL="1")
+    # A 1 s window covers a tolerance of 0 only (docs/contract.md, "Replay window"): the
+    # receiver's clock stands still at the signed second.
+    now = int(time.time())
+    receiver = start_receiver(
+        ROUTES, clock=lambda: now, OSMA_ROUTER_DEDUP_TTL="1", OSMA_ROUTER_SIGNATURE_TOLERANCE="0"
+    )
     body = make_event(event_id="evt_ttl")
-    assert receiver.post(body).status_code == 202
-    assert receiver.post(body).status_code == 200
+    assert receiver.post(body, timestamp=now).status_code == 202
+    assert receiver.post(body, timestamp=now).status_code == 200
     deadline = time.monotonic() + 5
     while redis.exists(dedup_key("osma", "evt_ttl")) and time.monotonic() < deadline:
         time.sleep(0.1)
-    assert receiver.post(body).status_code == 202
+    assert receiver.post(body, timestamp=now).status_code == 202
 
 
 def test_metrics_count_deliveries_by_outcome(start_receiver):
