@@ -18,6 +18,10 @@ from ..exceptions import VerificationError
 from ..settings import Secret
 
 SCHEME = b"v1"
+# A real header is under 100 bytes a signature: these bounds leave room for a rotation and
+# make a hostile header cost no more to refuse than a normal one costs to check.
+MAX_HEADER_BYTES = 8192
+MAX_V1_ENTRIES = 8
 _INTEGER = re.compile(rb"-?[0-9]+\Z")
 # A timestamp with more digits than this is an integer, but astronomically far from now.
 _MAX_TIMESTAMP_DIGITS = 18
@@ -31,11 +35,18 @@ class SignatureHeader:
 
 
 def parse_header(header: bytes | str | None) -> SignatureHeader:
-    """Split the header into its timestamp and `v1` signatures; other schemes are ignored."""
-    if isinstance(header, str):
+    """Split the header into its timestamp and `v1` signatures; other schemes are ignored.
+
+    A header over `MAX_HEADER_BYTES`, or with more than `MAX_V1_ENTRIES` `v1` entries, is
+    malformed: refused here, before the timestamp check and any HMAC.
+    """
+    if isinstance(header, str):  # the receiver passes bytes; a str comes from tests and tools
         header = header.encode("latin-1", errors="replace")
-    if not header or not header.strip():
+    # isspace() stops at the first non-blank byte, and the length is known: both cost nothing.
+    if not header or header.isspace():
         raise VerificationError("the osma-signature header is missing", error_type="missing_signature")
+    if len(header) > MAX_HEADER_BYTES:
+        raise _malformed(f"longer than {MAX_HEADER_BYTES} bytes")
     timestamp: bytes | None = None
     signatures: list[bytes] = []
     for entry in header.split(b","):
@@ -49,6 +60,8 @@ def parse_header(header: bytes | str | None) -> SignatureHeader:
         elif key == SCHEME:
             if not value:
                 raise _malformed("a v1= entry is empty")
+            if len(signatures) == MAX_V1_ENTRIES:
+                raise _malformed(f"more than {MAX_V1_ENTRIES} v1= entries")
             signatures.append(value)
     if timestamp is None:
         raise _malformed("no t= entry")
