@@ -9,7 +9,7 @@ from collections.abc import Sequence
 import redis
 
 from ..exceptions import ConfigError, RouterError
-from . import capture, config, failed, health, rekey, replay, serve, signing, status
+from . import capture, config, failed, health, rekey, replay, scaffold, serve, signing, status
 from .common import fail
 
 DESCRIPTION = """\
@@ -43,6 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_commands(sub)
     signing.add_commands(sub)
     config.add_check_config(sub)
+    scaffold.add_commands(sub)
     failed.add_commands(sub)
     config.add_keygen(sub)
     capture.add_commands(sub)
