@@ -95,6 +95,38 @@ def test_dockerfile_commands_are_ours():
     assert instructions["STOPSIGNAL"] == "SIGTERM"
 
 
+def pip_commands(instructions: list[tuple[str, str]]) -> list[str]:
+    """Each pip command of the RUN instructions, in order."""
+    commands = []
+    for keyword, rest in instructions:
+        if keyword == "RUN":
+            commands += [c.strip() for c in rest.split("&&") if re.search(r"/pip (install|wheel) ", c)]
+    return commands
+
+
+def test_dockerfile_installs_third_party_code_only_from_the_lock():
+    """Every package file pip fetches is checked against requirements/ (issue: supply chain)."""
+    instructions = dockerfile()
+    build = instructions[: [i for i, (k, _) in enumerate(instructions) if k == "FROM"][1]]
+    commands = pip_commands(build)
+    fetching = [c for c in commands if " install " in c and "--no-deps" not in c]
+    app, tools = "/opt/osma-router/venv/bin/pip", "/opt/build-tools/bin/pip"
+    assert fetching == [
+        f"{app} install --require-hashes --only-binary=:all: -r requirements/runtime.txt",
+        f"{tools} install --require-hashes -r requirements/build.txt",
+    ]
+    # The project: built by the locked setuptools, installed with nothing else.
+    assert f"{tools} wheel --no-deps --no-build-isolation" in commands[2]
+    assert commands[3].startswith(f"{app} install --no-deps /tmp/dist/")
+    copies = [rest for keyword, rest in build if keyword == "COPY"]
+    assert copies[0] == "requirements/runtime.txt requirements/build.txt ./requirements/"
+    # The build context lets through exactly what is copied.
+    allowed = (DEPLOY / "Dockerfile.dockerignore").read_text().splitlines()
+    for rest in copies:
+        for source in rest.split()[:-1]:
+            assert f"!{source}" in allowed or f"!{source}/**" in allowed, f"{source}: not in the context"
+
+
 def test_dockerfile_build_installs_from_exactly_the_copied_files(tmp_path):
     """The build stage's `pip install .`, done offline from a copy of what COPY takes."""
     context = tmp_path / "context"
@@ -106,6 +138,7 @@ def test_dockerfile_build_installs_from_exactly_the_copied_files(tmp_path):
                 path = ROOT / source
                 assert path.exists(), f"COPY {source}: no such file in the repository"
                 target = context / source
+                target.parent.mkdir(parents=True, exist_ok=True)
                 if path.is_dir():
                     shutil.copytree(path, target, ignore=shutil.ignore_patterns("__pycache__"))
                 else:
