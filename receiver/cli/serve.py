@@ -89,7 +89,13 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
 
 def cmd_dev(args: argparse.Namespace) -> int:
-    return run_dev(current_settings(), host=args.host, port=args.port, https=args.https)
+    return run_dev(
+        current_settings(),
+        host=args.host,
+        port=args.port,
+        https=args.https,
+        fake_upstreams=args.fake_upstreams,
+    )
 
 
 def add_commands(sub: Any) -> None:
@@ -99,10 +105,26 @@ def add_commands(sub: Any) -> None:
         "dev",
         cmd_dev,
         "run everything for a local try-out: Redis (embedded unless "
-        "OSMA_ROUTER_REDIS_URL is set), the receiver and one worker; Ctrl-C stops it all",
+        "OSMA_ROUTER_REDIS_URL is set), the receiver, one worker and, for each upstream "
+        "with no settings, the fake Osma or OGSM; prints the URLs and credentials; "
+        "Ctrl-C stops it all",
     )
-    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    p.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help="address to listen on (default 127.0.0.1); with the built-in secret only a loopback "
+        "address: set OSMA_ROUTER_WEBHOOK_SECRETS to listen elsewhere",
+    )
     p.add_argument("--port", type=int, default=8000, help="port to listen on (default 8000)")
+    p.add_argument(
+        "--fake-upstreams",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="run the fake Osma (on PORT+1) and fake OGSM (on PORT+2; a free port where one is "
+        "taken) and point the worker at them; default: fake each upstream whose settings "
+        "(OSMA_ROUTER_OSMA_API_KEY/_BASE_URL, OSMA_ROUTER_OGSM_*) are not set. The fake OGSM "
+        "starts with the KPIs, goals and strategies the routes name",
+    )
     p.add_argument(
         "--https",
         action="store_true",

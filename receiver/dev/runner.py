@@ -1,48 +1,85 @@
-"""`osma-router dev`: Redis, the receiver and one worker in one process tree."""
+"""`osma-router dev`: Redis, the receiver, one worker and, where no settings name real
+ones, the fake Osma and OGSM (receiver/dev/fakes.py), in one process tree."""
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import ExitStack
 
 from ..exceptions import ConfigError
-from ..settings import Settings
+from ..model.plugins import HandlerRegistry
+from ..model.routes import Config, load_config
+from ..settings import PREFIX, Settings
 from ..store.server import RedisServer, dying_with_parent
-from .tls import ensure_dev_certificate, trust_instructions
+from .fakes import DevUpstreams, configured, start_fakes
+from .tls import DevCertificate, ensure_dev_certificate, trust_instructions
 
 DEV_SECRET = "whsec_dev_local_only"
+LISTEN_TIMEOUT = 60  # seconds for the receiver to come up (a loaded laptop, a first import)
 
 
-def run_dev(settings: Settings, host: str = "127.0.0.1", port: int = 8000, https: bool = False) -> int:
-    """`settings` are read by the command before anything starts, so a bad one is one line."""
+def run_dev(
+    settings: Settings,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    https: bool = False,
+    fake_upstreams: bool | None = None,
+) -> int:
+    """`settings` are read by the command before anything starts, so a bad one is one line.
+    `fake_upstreams`: None fakes each upstream the settings do not name; True or False
+    fakes both or neither."""
+    if not settings.webhook_secrets and not is_loopback(host):
+        raise ConfigError(
+            f"dev --host {host}: the built-in secret {DEV_SECRET} is public, so dev listens on "
+            f"loopback only (127.0.0.1, ::1, localhost) unless {PREFIX}WEBHOOK_SECRETS is set"
+        )
+    real_osma, real_ogsm = configured(settings)
+    fake_osma = not real_osma if fake_upstreams is None else fake_upstreams
+    fake_ogsm = not real_ogsm if fake_upstreams is None else fake_upstreams
+    # Read here so that a bad routes file is one line before anything starts.
+    routes = load_config(settings.config_path, HandlerRegistry.discover()) if fake_ogsm else Config()
     env = dict(os.environ)
-    env.setdefault("OSMA_ROUTER_LOG_FORMAT", "console")
-    redis: RedisServer | None = None
-    if not settings.redis_url:
-        redis = RedisServer().start()
-        env["OSMA_ROUTER_REDIS_URL"] = redis.url
-    secret = settings.webhook_secrets[0].reveal() if settings.webhook_secrets else DEV_SECRET
+    env.setdefault(PREFIX + "LOG_FORMAT", "console")
     if not settings.webhook_secrets:
-        env["OSMA_ROUTER_WEBHOOK_SECRETS"] = DEV_SECRET
-    command = [sys.executable, "-m", "receiver.cli"]
-    tls: list[str] = []
-    certificate = None
-    if https:
-        certificate = ensure_dev_certificate()
-        tls = ["--tls-cert", str(certificate.cert), "--tls-key", str(certificate.key)]
-    children: list[subprocess.Popen[bytes]] = []
+        env[PREFIX + "WEBHOOK_SECRETS"] = DEV_SECRET
+    secret = settings.webhook_secrets[0].reveal() if settings.webhook_secrets else DEV_SECRET
     stopping = False
 
     def stop(*_: object) -> None:
         nonlocal stopping
         stopping = True
 
-    signal.signal(signal.SIGINT, stop)
-    signal.signal(signal.SIGTERM, stop)
-    try:
+    with ExitStack() as cleanup:
+        redis: RedisServer | None = None
+        if not settings.redis_url:
+            redis = RedisServer().start()
+            cleanup.callback(redis.close)
+            env[PREFIX + "REDIS_URL"] = redis.url
+        certificate = ensure_dev_certificate() if https else None
+        upstreams = start_fakes(settings, routes, osma=fake_osma, ogsm=fake_ogsm, receiver_port=port)
+        cleanup.callback(upstreams.close)
+        env.update(upstreams.environment())
+        url = f"{'https' if https else 'http'}://{_in_url(host)}:{port}"
+        if upstreams.osma is not None and not https:
+            # As Osma does: the fake's task writes come back as signed webhooks.
+            upstreams.osma.send_webhooks_to(f"http://{_in_url(_local(host))}:{port}/webhooks/osma", secret)
+        signal.signal(signal.SIGINT, stop)
+        signal.signal(signal.SIGTERM, stop)
+        children: list[subprocess.Popen[bytes]] = []
+        cleanup.callback(_stop_children, children)
+        command = [sys.executable, "-m", "receiver.cli"]
+        tls = (
+            []
+            if certificate is None
+            else ["--tls-cert", str(certificate.cert), "--tls-key", str(certificate.key)]
+        )
         children.append(
             subprocess.Popen(
                 dying_with_parent([*command, "serve", "--host", host, "--port", str(port), *tls]),
@@ -53,40 +90,98 @@ def run_dev(settings: Settings, host: str = "127.0.0.1", port: int = 8000, https
         children.append(
             subprocess.Popen(dying_with_parent([*command, "worker"]), env=env, start_new_session=True)
         )
-        url = f"{'https' if https else 'http'}://{host}:{port}"
-        trust = ""
-        if certificate is not None:
-            trust = trust_instructions(certificate.cert, url)
-        cafile = f"SSL_CERT_FILE={certificate.cert.resolve()} " if certificate is not None else ""
-        print(
-            f"\nosma-router dev is running\n"
-            f"  receiver : {url}/webhooks/osma   (health: {url}/healthz)\n"
-            f"  redis    : {env['OSMA_ROUTER_REDIS_URL']}{' (embedded)' if redis else ''}\n"
-            f"  secret   : {secret}\n"
-            f"{trust}"
-            f"  try      : {cafile}osma-router send {url}/webhooks/osma examples/task-completed.json"
-            f" --secret {secret}\n"
-            f"Ctrl-C stops everything.\n",
-            flush=True,
-        )
+        _wait_until_listening(_local(host), port, children)
+        lines = _block(settings, url, redis, certificate, upstreams, secret, webhooks_back=not https)
+        print("\nosma-router dev is running\n" + "".join(lines) + "Ctrl-C stops everything.\n", flush=True)
         while not stopping:
-            for child in children:
-                if child.poll() is not None:
-                    raise ConfigError(
-                        f"a dev process exited with status {child.returncode}; stopping the rest"
-                    )
+            _check_alive(children)
             time.sleep(0.2)
         print("\nstopping…", flush=True)
-        return 0
-    finally:
-        for child in children:
-            if child.poll() is None:
-                child.send_signal(signal.SIGTERM)
-        for child in children:
-            try:
-                child.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                child.kill()
-                child.wait()
-        if redis is not None:
-            redis.close()
+    return 0
+
+
+def is_loopback(host: str) -> bool:
+    """Whether `host` is a loopback address (or `localhost`): nothing else can reach it."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def _block(
+    settings: Settings,
+    url: str,
+    redis: RedisServer | None,
+    certificate: DevCertificate | None,
+    upstreams: DevUpstreams,
+    secret: str,
+    *,
+    webhooks_back: bool,
+) -> Iterator[str]:
+    """The lines printed once everything is started: `  name : value`, for a person to
+    copy from. A secret the user set is never printed, only where it comes from."""
+    built_in = not settings.webhook_secrets
+    upstream_lines = dict(upstreams.describe(settings, webhooks_back))
+    yield f"  receiver : {url}/webhooks/osma   (health: {url}/healthz)\n"
+    if redis is not None:
+        yield f"  redis    : {redis.url} (embedded)\n"
+    else:
+        yield f"  redis    : from {PREFIX}REDIS_URL\n"
+    if built_in:
+        yield f"  secret   : {DEV_SECRET} (built in, for this machine only)\n"
+    else:
+        yield f"  secret   : (from {PREFIX}WEBHOOK_SECRETS)\n"
+    for name in ("osma", "ogsm"):
+        yield f"  {name:<8} : {upstream_lines[name]}\n"
+    if certificate is not None:
+        yield trust_instructions(certificate.cert, url)
+    cafile = f"SSL_CERT_FILE={certificate.cert.resolve()} " if certificate is not None else ""
+    shown = secret if built_in else "<your secret>"
+    yield (
+        f"  try      : {cafile}osma-router send {url}/webhooks/osma examples/task-completed.json"
+        f" --secret {shown}\n"
+    )
+    if "see" in upstream_lines:
+        yield f"  see      : {upstream_lines['see']}\n"
+
+
+def _wait_until_listening(host: str, port: int, children: list[subprocess.Popen[bytes]]) -> None:
+    """Return once the receiver accepts connections, so the block printed next is true."""
+    deadline = time.monotonic() + LISTEN_TIMEOUT
+    while time.monotonic() < deadline:
+        _check_alive(children)
+        try:
+            with socket.create_connection((host, port), timeout=1):
+                return
+        except OSError:
+            time.sleep(0.1)
+    raise ConfigError(f"the receiver did not listen on {host}:{port} within {LISTEN_TIMEOUT} s")
+
+
+def _check_alive(children: list[subprocess.Popen[bytes]]) -> None:
+    for child in children:
+        if child.poll() is not None:
+            raise ConfigError(f"a dev process exited with status {child.returncode}; stopping the rest")
+
+
+def _stop_children(children: list[subprocess.Popen[bytes]]) -> None:
+    for child in children:
+        if child.poll() is None:
+            child.send_signal(signal.SIGTERM)
+    for child in children:
+        try:
+            child.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            child.kill()
+            child.wait()
+
+
+def _local(host: str) -> str:
+    """Where a process on this machine reaches a server listening on `host`."""
+    return {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(host, host)
+
+
+def _in_url(host: str) -> str:
+    return f"[{host}]" if ":" in host and not host.startswith("[") else host

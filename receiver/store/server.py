@@ -104,8 +104,13 @@ class RedisServer:
             "--protected-mode",
             "yes",
         ]
+        # Its own session: a terminal's Ctrl-C goes to the whole foreground group, and
+        # Redis must outlive the processes that use it; its owner stops it last.
         self.process = subprocess.Popen(
-            dying_with_parent(command), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+            dying_with_parent(command),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
         )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

@@ -122,9 +122,9 @@ class FakeService:
 
     # --- serving ------------------------------------------------------------------------
 
-    def start(self) -> Self:
-        """Serve on a free loopback port (real uvicorn, in a thread)."""
-        self._server = LiveServer(self.app).start()
+    def start(self, port: int | None = None) -> Self:
+        """Serve on loopback `port`, or a free one (real uvicorn, in a thread)."""
+        self._server = LiveServer(self.app, port).start()
         return self
 
     def stop(self) -> None:
