@@ -9,7 +9,7 @@ from collections.abc import Sequence
 import redis
 
 from ..exceptions import ConfigError, RouterError
-from . import capture, config, failed, health, rekey, replay, scaffold, serve, signing, status
+from . import capture, config, failed, health, rekey, replay, scaffold, serve, signing, status, trace
 from .common import fail
 
 DESCRIPTION = """\
@@ -42,6 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
     # dead-letter place, then operations.
     serve.add_commands(sub)
     signing.add_commands(sub)
+    trace.add_commands(sub)
     config.add_check_config(sub)
     scaffold.add_commands(sub)
     failed.add_commands(sub)

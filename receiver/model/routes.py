@@ -103,8 +103,13 @@ def event_job_part(event_id: str) -> str:
     return "h-" + hashlib.sha256(event_id.encode("utf-8")).hexdigest()[:40]
 
 
+def job_id_head(source: str, event_id: str) -> str:
+    """What every job id of one event starts with; the route key follows."""
+    return f"{source}_{event_job_part(event_id)}_"
+
+
 def job_id(source: str, event_id: str, route: Route) -> str:
-    return f"{source}_{event_job_part(event_id)}_{route.key}"
+    return job_id_head(source, event_id) + route.key
 
 
 @dataclass(frozen=True)

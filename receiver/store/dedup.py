@@ -24,6 +24,7 @@ from redis.asyncio import Redis as AsyncRedis
 
 from ..exceptions import StoreError
 from ..keys import RQ_JOB_PREFIX, RQ_QUEUE_PREFIX, RQ_QUEUES_KEY, dedup_key
+from ..model.routes import job_id_head
 from .capture import CaptureWrite
 from .enqueue import JobWrite
 
@@ -31,13 +32,18 @@ from .enqueue import JobWrite
 #       job key, queue key.
 # ARGV: ttl_ms, now, every route's job-hash template as one JSON array of flat field lists
 #       (built once at start-up, so each call sends one constant string), event count,
-#       per event: job count, mode (1: force, 2: capture),
+#       per event: job count, mode (1: force, 2: capture), received (ms), its jobs' marks,
 #       [capture: token, min entry id (ms), max count, ttl_ms,]
 #       per job: template no., job id, data, description.
+# The dedup key's value is what `trace` reads (see `DedupMark`): the received time, then
+# ":<job id tail>" per job queued, then "#<n>" once the id has come n more times. A
+# redelivery rewrites it (KEEPTTL) instead of only finding it: the one command a
+# duplicate costs more; a new event costs none (the SET was there already).
 # A forced event (a replay, under job ids of its own) queues its jobs even when seen and
-# leaves an existing dedup key as it is. A captured delivery is added to the capture
-# stream whether new or duplicate (field dup = 0 or 1); the stream is trimmed by age and
-# count once per call, with the last capture's limits.
+# leaves an existing dedup key's expiry as it is (its job marks are added to the value).
+# A captured delivery is added to the capture stream whether new or duplicate (field
+# dup = 0 or 1); the stream is trimmed by age and count once per call, with the last
+# capture's limits.
 ADMIT_SCRIPT = """
 local ttl = ARGV[1]
 local now = ARGV[2]
@@ -51,12 +57,14 @@ for e = 1, nevents do
   local seen_key = KEYS[k]; k = k + 1
   local njobs = tonumber(ARGV[a]); a = a + 1
   local mode = tonumber(ARGV[a]); a = a + 1
+  local received, marks = ARGV[a], ARGV[a + 1]; a = a + 2
   local capture_key, capture
   if mode >= 2 then
     capture_key = KEYS[k]; k = k + 1
     capture = {ARGV[a], ARGV[a + 1], ARGV[a + 2], ARGV[a + 3]}; a = a + 4
   end
-  local fresh = redis.call('EXISTS', seen_key) == 0
+  local seen = redis.call('GET', seen_key)
+  local fresh = not seen
   local write = fresh or mode % 2 == 1
   local failed = false
   for j = 1, njobs do
@@ -78,7 +86,12 @@ for e = 1, nevents do
     results[e] = failed
   else
     if fresh then
-      redis.call('SET', seen_key, '1', 'PX', ttl)
+      redis.call('SET', seen_key, received .. marks, 'PX', ttl)
+    else
+      local head, count = string.match(seen, '^(.-)#(%d+)$')
+      head = head or seen
+      if mode % 2 == 1 then head = head .. marks end
+      redis.call('SET', seen_key, head .. '#' .. ((tonumber(count) or 0) + 1), 'KEEPTTL')
     end
     if capture then
       redis.call('XADD', capture_key, '*', 'd', capture[1], 'dup', fresh and '0' or '1')
@@ -111,6 +124,35 @@ class Admission:
     jobs: Sequence[JobWrite]
     capture: CaptureWrite | None = None  # set when OSMA_ROUTER_CAPTURE is on
     force: bool = False  # a replay with --force: queue the jobs even if the id was seen
+    received_at: datetime | None = None  # kept in the dedup mark (default: when stored)
+
+    def marks(self) -> str:
+        """The jobs as the dedup mark keeps them: ":<tail>" each, the tail being what follows
+        the event's part of the job id (the route key, and a forced replay's tag)."""
+        head = len(job_id_head(self.source, self.event_id))
+        return "".join(":" + job.job_id[head:] for job in self.jobs)
+
+
+@dataclass(frozen=True)
+class DedupMark:
+    """What an event's dedup key holds (see ADMIT_SCRIPT): when it was first stored, the
+    tails of the job ids it queued (forced replays' included), and how many more times it
+    came. A mark written as "1" (by `replay --inline`, or before marks said more) has no
+    time and no jobs."""
+
+    received_at: datetime | None
+    job_tails: tuple[str, ...]
+    duplicates: int
+
+    @classmethod
+    def parse(cls, value: bytes | str) -> DedupMark:
+        text = value.decode() if isinstance(value, bytes) else value
+        head, _, count = text.partition("#")
+        received, *tails = head.split(":")
+        at = None
+        if received.isdigit() and len(received) >= 12:  # ms since the epoch; "1" is no time
+            at = datetime.fromtimestamp(int(received) / 1000, UTC)
+        return cls(at, tuple(tail for tail in tails if tail), int(count) if count.isdigit() else 0)
 
 
 def rq_timestamp(moment: datetime | None = None) -> str:
@@ -201,11 +243,14 @@ class EventStore:
     async def _store_batch(self, batch: list[Admission]) -> list[AdmitOutcome | BaseException]:
         keys: list[str] = [RQ_QUEUES_KEY]
         events_args: list[bytes | str | int] = [len(batch)]
+        moment = datetime.now(UTC)
         for admission in batch:
             keys.append(dedup_key(admission.source, admission.event_id))
             events_args.append(len(admission.jobs))
             capture = admission.capture
             events_args.append((2 if capture is not None else 0) + (1 if admission.force else 0))
+            received = admission.received_at or moment
+            events_args.extend((int(received.timestamp() * 1000), admission.marks()))
             if capture is not None:
                 keys.append(capture.key)
                 events_args.extend((capture.token, capture.min_id_ms, capture.max_count, capture.ttl_ms))
@@ -213,7 +258,7 @@ class EventStore:
                 keys.append(RQ_JOB_PREFIX + job.job_id)
                 keys.append(RQ_QUEUE_PREFIX + job.queue)
                 events_args.extend((job.template + 1, job.job_id, job.data, job.description))
-        args: list[bytes | str | int | float] = [self.ttl_ms, rq_timestamp(), self._templates_json]
+        args: list[bytes | str | int | float] = [self.ttl_ms, rq_timestamp(moment), self._templates_json]
         args.extend(events_args)
         replies = await self._script(keys=keys, args=args)
         results: list[AdmitOutcome | BaseException] = []

@@ -44,6 +44,7 @@ outcome = ctx.ledger.perform(
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import threading
 import time
@@ -141,6 +142,15 @@ log = logging.getLogger("osma_router.ledger")
 
 EffectResult = dict[str, Any]
 Reconcile = Callable[[Mapping[str, Any], Collection[str]], EffectResult | None]
+
+
+def job_effect_key(event_id: str, route_key: str, step: str = "main") -> str:
+    """The key of effect `step` of the job of (event, route): the same on every run
+    (`ctx.idempotency_key(step)`); hashed when too long or not printable."""
+    raw = f"{event_id}|{route_key}|{step}"
+    if len(raw) <= 200 and raw.isprintable():
+        return f"osma-router:{raw}"
+    return "osma-router:" + hashlib.sha256(raw.encode()).hexdigest()
 
 
 @dataclass(frozen=True)
@@ -445,7 +455,8 @@ class EffectsLedger:
                 int(reconciled),
                 self.retention,
                 effect.label if indexed else "",
-                orjson.dumps({"state": state, "result": result}) if indexed else "",
+                # The key too: `trace` reads the effect's generation and reconciliation there.
+                orjson.dumps({"state": state, "result": result, "key": effect.key}) if indexed else "",
                 str(claimed) if claimed is not None else "",
             ],
         )

@@ -109,7 +109,14 @@ class Pipeline:
         if force_tag is not None:
             jobs = [replace(job, job_id=f"{job.job_id}_{force_tag}") for job in jobs]
         outcome = await self.store.admit(
-            Admission(source, payload["id"], jobs, capture=capture, force=force_tag is not None)
+            Admission(
+                source,
+                payload["id"],
+                jobs,
+                capture=capture,
+                force=force_tag is not None,
+                received_at=received_at,
+            )
         )
         return Admitted(outcome, len(jobs), held_back)
 

@@ -3,7 +3,6 @@ Redis, the settings, and a deterministic key for each effect it causes."""
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import uuid
 from collections.abc import Callable, Mapping
@@ -16,7 +15,7 @@ from redis import Redis
 
 from ..logs import ContextLogger
 from ..settings import Settings
-from ..store.ledger import Effect, EffectOutcome, EffectResult, EffectsLedger
+from ..store.ledger import Effect, EffectOutcome, EffectResult, EffectsLedger, job_effect_key
 from ..upstream.ogsm import AsyncOgsmClient, OgsmClient
 from ..upstream.osma import AsyncOsmaClient, OsmaClient
 from .clients import Upstream
@@ -139,7 +138,4 @@ class Context:
         under the same key gets that 5xx again. Use `osma_effect`, which moves to a new
         generation when the first answer did not apply the write.
         """
-        raw = f"{self.event_id}|{self.route_key}|{step}"
-        if len(raw) <= 200 and raw.isprintable():
-            return f"osma-router:{raw}"
-        return "osma-router:" + hashlib.sha256(raw.encode()).hexdigest()
+        return job_effect_key(self.event_id, self.route_key, step)
