@@ -91,7 +91,7 @@ def run_dev(
             subprocess.Popen(dying_with_parent([*command, "worker"]), env=env, start_new_session=True)
         )
         _wait_until_listening(_local(host), port, children)
-        lines = _block(settings, url, redis, certificate, upstreams, secret, webhooks_back=not https)
+        lines = _block(settings, url, redis, certificate, upstreams, webhooks_back=not https)
         print("\nosma-router dev is running\n" + "".join(lines) + "Ctrl-C stops everything.\n", flush=True)
         while not stopping:
             _check_alive(children)
@@ -116,7 +116,6 @@ def _block(
     redis: RedisServer | None,
     certificate: DevCertificate | None,
     upstreams: DevUpstreams,
-    secret: str,
     *,
     webhooks_back: bool,
 ) -> Iterator[str]:
@@ -138,11 +137,9 @@ def _block(
     if certificate is not None:
         yield trust_instructions(certificate.cert, url)
     cafile = f"SSL_CERT_FILE={certificate.cert.resolve()} " if certificate is not None else ""
-    shown = secret if built_in else "<your secret>"
-    yield (
-        f"  try      : {cafile}osma-router send {url}/webhooks/osma examples/task-completed.json"
-        f" --secret {shown}\n"
-    )
+    # Without --secret, `send` signs with the first of OSMA_ROUTER_WEBHOOK_SECRETS.
+    signing = f" --secret {DEV_SECRET}" if built_in else ""
+    yield f"  try      : {cafile}osma-router send {url}/webhooks/osma examples/task-completed.json{signing}\n"
     if "see" in upstream_lines:
         yield f"  see      : {upstream_lines['see']}\n"
 

@@ -214,6 +214,11 @@ def test_dev_prints_a_secret_the_user_set_masked(tmp_path):
     try:
         block = dev.block()
         assert block["secret"] == "(from OSMA_ROUTER_WEBHOOK_SECRETS)"
+        # The printed `send` signs with the variable's first secret, as the user's shell has it.
+        command = shlex.split(block["try"])
+        assert "--secret" not in command
+        sent = osma_router(command[1:], {"OSMA_ROUTER_WEBHOOK_SECRETS": "whsec_mine_5678,whsec_old_1"}, ROOT)
+        assert sent.returncode == 0 and "202" in sent.stdout, sent.stdout + sent.stderr
         assert dev.stop() == 0
         everything = "".join(dev.out + dev.err)
         assert "whsec_mine_5678" not in everything and "whsec_old_1" not in everything
