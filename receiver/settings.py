@@ -35,7 +35,7 @@ from dataclasses import KW_ONLY, dataclass, field, fields
 from datetime import date
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import unquote_plus, urlsplit
 
 from .exceptions import ConfigError
 
@@ -455,6 +455,15 @@ class Settings:
         return {key: ", ".join(parts) for key, parts in lines.items()}
 
 
+def read_setting(
+    variable: str, environ: Mapping[str, str] | None = None, *, env_file: str | Path | None = ".env"
+) -> Any:
+    """One setting, read and parsed as `Settings.from_env` reads it, without reading (or
+    failing on) the others: for commands such as `sign` that need only one."""
+    row = next(row for row in _TABLE if PREFIX + row.variable == variable)
+    return row.read(_with_env_file(environ, env_file))
+
+
 def _with_env_file(environ: Mapping[str, str] | None, env_file: str | Path | None) -> dict[str, str]:
     if environ is None:
         environ = os.environ
@@ -467,9 +476,32 @@ def _with_env_file(environ: Mapping[str, str] | None, env_file: str | Path | Non
     return values
 
 
+_MASK = "**********"
+# Query options that carry a secret: redis-py reads `password=` (and `ssl_password=`, ...)
+# from the query as well as from `user:password@`.
+_SECRET_OPTION_WORDS = ("pass", "secret", "token", "auth")
+
+
 def _mask_url(url: str) -> str:
+    """`url` with every password redis-py would read from it masked: the one in the
+    userinfo, and any query option whose name (decoded, as redis-py decodes it) holds
+    pass, secret, token or auth. Host, port, database and other options stay readable."""
     parts = urlsplit(url)
-    if parts.password:
-        netloc = parts.netloc.replace(f":{parts.password}@", ":**********@")
-        return parts._replace(netloc=netloc).geturl()
-    return url
+    user, at, host = parts.netloc.rpartition("@")
+    netloc = f"{user.partition(':')[0]}:{_MASK}@{host}" if at and ":" in user else parts.netloc
+    query = "&".join(_mask_option(option) for option in parts.query.split("&"))
+    # Put the URL together by hand: urlunsplit drops the `//` of `unix:///path`.
+    scheme = url[: len(parts.scheme) + 1]
+    slashes = "//" if url[len(scheme) :].startswith("//") else ""
+    return (
+        f"{scheme}{slashes}{netloc}{parts.path}"
+        + (f"?{query}" if parts.query else "")
+        + (f"#{_MASK}" if parts.fragment else "")  # meaningless to Redis: a mistyped password?
+    )
+
+
+def _mask_option(option: str) -> str:
+    name, equals, _ = option.partition("=")
+    if equals and any(word in unquote_plus(name).lower() for word in _SECRET_OPTION_WORDS):
+        return f"{name}={_MASK}"
+    return option

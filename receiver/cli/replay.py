@@ -1,5 +1,6 @@
-"""`osma-router replay FILE.jsonl (--to URL --secret S | --direct | --inline) ...`: the
-command around `receiver.replay` (its module docstring says what each target does)."""
+"""`osma-router replay FILE.jsonl (--to URL | --direct | --inline) ...`: the command around
+`receiver.replay` (its module docstring says what each target does). `--to` signs with the
+secret `signing.signing_secret` picks: `--secret`, `--secret-file` or OSMA_ROUTER_WEBHOOK_SECRETS."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from ..model.capture_file import Selection, parse_cli_time, read_deliveries
 from ..replay.run import WEBHOOK_PATH, Replay, parse_rate, webhook_url
 from ..replay.targets import DirectTarget, HttpTarget, InlineTarget, Target
 from .common import add_command, current_settings
+from .signing import add_secret_options, secret_given, signing_secret
 
 
 def build_target(args: argparse.Namespace) -> Target:
@@ -30,11 +32,9 @@ def build_target(args: argparse.Namespace) -> Target:
             raise ConfigError(
                 "--force works with --direct and --inline only: over HTTP the receiver's dedup stands"
             )
-        if not args.secret:
-            raise ConfigError("--to needs --secret (the receiver's signing secret)")
-        return HttpTarget(webhook_url(args.to), args.secret, args.timeout)
-    if args.secret:
-        raise ConfigError("--secret goes with --to")
+        return HttpTarget(webhook_url(args.to), signing_secret(args), args.timeout)
+    if secret_given(args):
+        raise ConfigError("--secret and --secret-file go with --to")
     settings = current_settings()
     if args.inline:
         configure_logging(settings.log_format)
@@ -131,7 +131,7 @@ class _progress:
 
 
 def add_commands(sub: Any) -> None:
-    """`osma-router replay FILE.jsonl (--to URL --secret S | --direct | --inline) ...`."""
+    """`osma-router replay FILE.jsonl (--to URL | --direct | --inline) ...`."""
     p = add_command(
         sub,
         "replay",
@@ -152,7 +152,7 @@ def add_commands(sub: Any) -> None:
         help="POST each body to this receiver (path defaults to "
         f"{WEBHOOK_PATH}), re-signed with the current time",
     )
-    mode.add_argument("--secret", metavar="S", help="the signing secret for --to")
+    add_secret_options(mode, what="the receiver's signing secret for --to")
     mode.add_argument(
         "--direct",
         action="store_true",

@@ -326,7 +326,8 @@ def test_choosing_no_target_or_two_is_a_one_line_error(redis, redis_server, tmp_
     capture = tmp_path / "x.jsonl"
     capture.write_bytes(b"")
     for args in ([], ["--direct", "--inline"], ["--to", "http://127.0.0.1:9"]):
-        result = replay(redis_server, None, str(capture), *args)
+        # no signing secret anywhere, so --to alone is an error too
+        result = replay(redis_server, None, str(capture), *args, OSMA_ROUTER_WEBHOOK_SECRETS="")
         assert result.returncode == 1 and len(result.stderr.strip().splitlines()) == 1, result.stderr
     missing = replay(redis_server, None, str(tmp_path / "missing.jsonl"), "--direct")
     assert missing.returncode == 1
