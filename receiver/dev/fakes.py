@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
+from ..exceptions import ConfigError
 from ..model.routes import Config
 from ..settings import PREFIX, Settings
 from ..store.server import free_port
@@ -118,6 +119,11 @@ def start_fakes(
     settings: Settings, routes: Config, *, osma: bool, ogsm: bool, receiver_port: int
 ) -> DevUpstreams:
     """Start the fakes asked for, on loopback ports next to the receiver's."""
+    if osma and settings.mode == "any":
+        raise ConfigError(
+            f"{PREFIX}MODE=any does not go with the fake Osma, whose API key (test, or live with "
+            f"{PREFIX}MODE=live) sets the mode: unset {PREFIX}MODE, or give real Osma settings"
+        )
     upstreams = DevUpstreams()
     try:
         if osma:

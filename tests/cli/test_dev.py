@@ -269,3 +269,12 @@ def _serving(urls: list[str], redis_port: int) -> list[str]:
     except OSError:
         pass
     return found
+
+
+def test_dev_refuses_mode_any_with_the_fake_osma_before_starting(tmp_path):
+    """The fake's key is a test key: with OSMA_ROUTER_MODE=any the receiver would refuse it."""
+    result = osma_router(["dev", "--port", str(free_port())], {"OSMA_ROUTER_MODE": "any"}, tmp_path)
+    assert result.returncode == 1
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "OSMA_ROUTER_MODE=any" in lines[0], result.stderr
+    assert "running" not in result.stdout
