@@ -14,9 +14,8 @@ Ids, states, times, error types and messages only: no event body is read or retu
   the effects of each job under the steps the built-in handlers use (their
   `ctx.idempotency_key(step)`), which also finds an effect whose answer was lost
   ("intent": a retry reconciles it). A plugin's own unindexed steps are not found.
-- Osmos records (`osmos_<connector>_...`): received time from the connector's dedup
-  mark (its expiry less `OSMA_ROUTER_DEDUP_TTL`); duplicates are not counted for them,
-  and a succeeded job is known only for routes with no `where`.
+- Osmos records (`osmos_<connector>_...`): their jobs while RQ holds them, and their
+  effects; a batch keeps no per-record mark to say when it came or how often.
 """
 
 from __future__ import annotations
@@ -31,7 +30,7 @@ import orjson
 from redis import Redis
 from rq.registry import ScheduledJobRegistry
 
-from ..keys import RQ_JOB_PREFIX, dedup_key, effect_key, effects_of_key, osmos_seen_key
+from ..keys import RQ_JOB_PREFIX, dedup_key, effect_key, effects_of_key
 from ..model.connectors import SOURCE as OSMOS
 from ..model.connectors import Connector
 from ..model.plugins import HandlerRegistry
@@ -158,24 +157,13 @@ def load_trace(
     with redis.pipeline(transaction=False) as pipe:
         pipe.get(dedup_key(OSMA, event_id))
         pipe.hgetall(effects_of_key(event_id))
-        if connector is not None:
-            pipe.zscore(osmos_seen_key(connector.name), event_id)
-        mark_value, indexed, *osmos = pipe.execute()
+        mark_value, indexed = pipe.execute()
     mark = DedupMark.parse(mark_value) if mark_value is not None else None
-    osmos_expiry = osmos[0] if osmos else None
 
     source, received_at, duplicates = OSMA, None, None
     listed: tuple[str, ...] = ()
     if mark is not None:
         received_at, duplicates, listed = mark.received_at, mark.duplicates, mark.job_tails
-    elif connector is not None and osmos_expiry is not None:
-        source = OSMOS
-        received_at = datetime.fromtimestamp(float(osmos_expiry) / 1000 - settings.dedup_ttl, UTC)
-        listed = tuple(
-            route.key
-            for route in config.routes
-            if not route.where and route.matches_type(connector.event_type)
-        )
     elif connector is not None:
         source = OSMOS
 
@@ -199,7 +187,7 @@ def load_trace(
     jobs = _with_retry_times(redis, jobs, found)
 
     effects = _read_effects(redis, event_id, indexed, jobs)
-    if mark is None and osmos_expiry is None and not jobs and not effects:
+    if mark is None and not jobs and not effects:
         return None
     return EventTrace(event_id, source, event_type, received_at, duplicates, tuple(jobs), tuple(effects))
 
