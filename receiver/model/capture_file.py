@@ -22,10 +22,15 @@ import orjson
 
 from ..crypto import Sealer
 from ..exceptions import ConfigError, PayloadError, PermanentError
+from .connectors import SOURCE as OSMOS_SOURCE
 from .events import parse_envelope, parse_time
 from .routes import type_matches
 
 FERNET_PREFIX = b"gAAAAA"  # version byte 0x80 and the start of a timestamp, base64
+OSMA_SOURCE = "osma"
+# The sources the service itself writes. A line's source becomes part of job ids and dedup
+# keys, so any other value is a bad line, never a job.
+KNOWN_SOURCES = frozenset({OSMA_SOURCE, OSMOS_SOURCE})
 
 
 def capture_line(received_at: datetime, source: str, headers: Mapping[str, str], body: bytes) -> bytes:
@@ -47,7 +52,7 @@ class Delivery:
     line_no: int
     body: bytes = field(repr=False)  # health data: never in a repr or a traceback line
     payload: Mapping[str, Any] = field(repr=False)
-    source: str = "osma"
+    source: str = OSMA_SOURCE
     received_at: datetime | None = None  # None: a bare event without `created_at`
     headers: Mapping[str, str] = field(default_factory=dict, repr=False)
     duplicate: bool = False
@@ -105,14 +110,15 @@ def _bare_event(line_no: int, text: bytes) -> Delivery | BadLine:
 
 
 def _capture(line_no: int, obj: Mapping[str, Any]) -> Delivery | BadLine:
-    body, source, headers = obj.get("body"), obj.get("source", "osma"), obj.get("headers", {})
+    body, source, headers = obj.get("body"), obj.get("source", OSMA_SOURCE), obj.get("headers", {})
     if not isinstance(body, str):
         return BadLine(line_no, '"body" must be the raw body as a string')
     received_at = parse_time(obj.get("received_at"))
     if received_at is None:
         return BadLine(line_no, '"received_at" is missing or not an ISO 8601 time')
-    if not isinstance(source, str) or not source:
-        return BadLine(line_no, '"source" must be a non-empty string')
+    if not isinstance(source, str) or source not in KNOWN_SOURCES:
+        known = " or ".join(f'"{name}"' for name in sorted(KNOWN_SOURCES))
+        return BadLine(line_no, f'"source" must be {known}')
     if not isinstance(headers, dict) or not all(isinstance(v, str) for v in headers.values()):
         return BadLine(line_no, '"headers" must be an object of strings')
     raw = body.encode("utf-8", errors="surrogatepass")
