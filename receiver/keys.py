@@ -14,9 +14,12 @@ PREFIX = "osma_router"
 RQ_QUEUES_KEY = "rq:queues"
 RQ_QUEUE_PREFIX = "rq:queue:"
 RQ_JOB_PREFIX = "rq:job:"
+RQ_RESULTS_PREFIX = "rq:results:"  # RQ's stream of a job's results (a failure's traceback)
 
-# Captured deliveries: one stream, trimmed by age and count.
+# Captured deliveries: one stream, trimmed by age and count; duplicates in a stream of
+# their own with its own bound, so a flood of them never evicts a first delivery.
 CAPTURE_KEY = f"{PREFIX}:capture"
+CAPTURE_DUPLICATES_KEY = f"{PREFIX}:capture:duplicates"
 
 # Counters that workers write and every receiver's /metrics reads.
 JOB_COUNTS_KEY = f"{PREFIX}:metrics:jobs"  # field "<handler>|<outcome>"

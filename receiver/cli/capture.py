@@ -13,7 +13,7 @@ from redis import Redis
 
 from ..crypto import Sealer
 from ..exceptions import ConfigError
-from ..keys import CAPTURE_KEY
+from ..keys import CAPTURE_DUPLICATES_KEY, CAPTURE_KEY
 from ..model.capture_file import Selection, parse_cli_time
 from ..settings import Settings
 from ..store.capture import export_captures
@@ -74,15 +74,18 @@ def cmd_capture_status(args: argparse.Namespace) -> int:
     redis = connect(settings, "command")
     try:
         count = int(redis.xlen(CAPTURE_KEY))
+        duplicates = int(redis.xlen(CAPTURE_DUPLICATES_KEY))
         oldest: list[tuple[bytes, Any]] = redis.xrange(CAPTURE_KEY, count=1)  # type: ignore[assignment]
         newest: list[tuple[bytes, Any]] = redis.xrevrange(CAPTURE_KEY, count=1)  # type: ignore[assignment]
     finally:
         redis.close()
     print(
         f"capture: {'on' if settings.capture else 'off'} "
-        f"(keeps {settings.capture_max_age:g} s, at most {settings.capture_max_count} deliveries)"
+        f"(keeps {settings.capture_max_age:g} s, at most {settings.capture_max_count} deliveries "
+        f"and as many duplicates)"
     )
     print(f"kept deliveries: {count}")
+    print(f"kept duplicates: {duplicates}")
     for label, rows in (("oldest", oldest), ("newest", newest)):
         if rows:
             moment = datetime.fromtimestamp(int(rows[0][0].split(b"-")[0]) / 1000, UTC)

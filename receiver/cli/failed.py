@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from ..crypto import Sealer
 from ..exceptions import ConfigError
 from ..store.connection import connect
 from ..store.failed import FailedJobs
@@ -13,7 +14,9 @@ from .common import add_action, add_command, configured_queues, current_settings
 
 def _failed_jobs() -> FailedJobs:
     config = current_settings()
-    return FailedJobs(connect(config, "command"), configured_queues(config))
+    # With keys, a failure's message and traceback are sealed in Redis: open them to show.
+    sealer = Sealer(config.encryption_keys) if config.encryption_keys else None
+    return FailedJobs(connect(config, "command"), configured_queues(config), sealer)
 
 
 def cmd_failed_list(args: argparse.Namespace) -> int:
@@ -30,7 +33,12 @@ def cmd_failed_list(args: argparse.Namespace) -> int:
 def cmd_failed_show(args: argparse.Namespace) -> int:
     job = _failed_jobs().get(args.id)
     for name, value in vars(job).items():
-        print(f"{name:<11} {value}")
+        if name != "traceback":
+            print(f"{name:<11} {value}")
+    if job.traceback:
+        print("traceback")
+        for line in job.traceback.rstrip().splitlines():
+            print(f"  {line}")
     return 0
 
 

@@ -1,5 +1,6 @@
-"""`osma-router rekey`: re-encrypt what is stored under the newest key (see
-`receiver/store/rekey.py` for how it stays safe while the service runs)."""
+"""`osma-router rekey`: seal what is stored under the newest key, and what was stored in
+clear before encryption was turned on (see `receiver/store/rekey.py` for how it stays
+safe while the service runs)."""
 
 from __future__ import annotations
 
@@ -23,10 +24,7 @@ def cmd_rekey(args: argparse.Namespace) -> int:
         rekeyer = Rekeyer(redis, Sealer(settings.encryption_keys), settings.encryption_keys[0].reveal())
         for name, report in iter_reports(rekeyer):
             unreadable += report.unreadable
-            print(
-                f"{name}: {report.resealed} re-encrypted, {report.current} already under the newest key, "
-                f"{report.unreadable} unreadable, {report.changed_meanwhile} changed meanwhile"
-            )
+            print(report.describe(name))
     finally:
         redis.close()
     if unreadable:
@@ -43,6 +41,7 @@ def add_commands(sub: Any) -> None:
         sub,
         "rekey",
         cmd_rekey,
-        "re-encrypt captured deliveries and queued job payloads under "
-        "the newest key of OSMA_ROUTER_ENCRYPTION_KEYS (run after putting a new key first)",
+        "seal captured deliveries, job payloads and failure messages under the newest key of "
+        "OSMA_ROUTER_ENCRYPTION_KEYS (run after putting a new key first, or after turning "
+        "encryption on: what was stored in clear is sealed)",
     )

@@ -9,12 +9,18 @@ Redis's clock in ms) and by count on every call, and the key expires when nothin
 captured for the whole retention. A stream rather than a sorted set: appending costs
 Redis less than half as much per delivery, and entry ids are stable cursors for export.
 
+Duplicates go to a second stream with the same limits, so they never count toward the
+first one's `OSMA_ROUTER_CAPTURE_MAX_COUNT`: a flood of redeliveries (a sender's retries,
+a replayed capture) evicts older duplicates, never a first delivery. Export merges the
+two by entry id, so the file is in the order the deliveries came in.
+
 `osma-router capture export` decrypts the kept deliveries into the capture file (or, with
 `--encrypted`, writes one Fernet token a line); `osma-router capture status` counts them.
 """
 
 from __future__ import annotations
 
+import heapq
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -26,7 +32,7 @@ from redis import Redis
 
 from ..crypto import Sealer
 from ..exceptions import PermanentError
-from ..keys import CAPTURE_KEY
+from ..keys import CAPTURE_DUPLICATES_KEY, CAPTURE_KEY
 from ..model.capture_file import Selection, capture_line
 from ..model.events import parse_time
 from ..settings import Settings
@@ -54,9 +60,10 @@ class CaptureWrite:
     """What the admission script writes for one captured delivery."""
 
     key: str
+    duplicates_key: str  # where a duplicate delivery goes instead
     token: str
     min_id_ms: int  # entries older than this go
-    max_count: int
+    max_count: int  # of each stream
     ttl_ms: int
 
 
@@ -89,6 +96,7 @@ class CaptureWriter:
             return None
         return CaptureWrite(
             key=CAPTURE_KEY,
+            duplicates_key=CAPTURE_DUPLICATES_KEY,
             token=self.sealer.seal(line),
             min_id_ms=int(self.clock() * 1000) - self.max_age_ms,
             max_count=self.max_count,
@@ -105,19 +113,43 @@ class StoredCapture:
     duplicate: bool
 
 
-def stored_captures(redis: Redis, *, chunk: int = _READ_CHUNK) -> Iterator[StoredCapture]:
-    """Every entry, oldest first, read in chunks after the last id seen (so entries
-    added or trimmed meanwhile shift nothing)."""
+def stored_captures(
+    redis: Redis, *, key: str = CAPTURE_KEY, chunk: int = _READ_CHUNK
+) -> Iterator[StoredCapture]:
+    """Every entry of one stream, oldest first, read in chunks after the last id seen (so
+    entries added or trimmed meanwhile shift nothing)."""
     low = "-"
     while True:
         rows: list[tuple[bytes, dict[bytes, bytes]]] = redis.xrange(  # type: ignore[assignment]
-            CAPTURE_KEY, min=low, max="+", count=chunk
+            key, min=low, max="+", count=chunk
         )
         if not rows:
             return
         for entry_id, fields in rows:
             yield StoredCapture(entry_id, fields.get(b"d", b""), fields.get(b"dup") == b"1")
         low = "(" + rows[-1][0].decode()
+
+
+def all_captures(redis: Redis) -> Iterator[StoredCapture]:
+    """First deliveries and duplicates, merged in the order they came in."""
+    return heapq.merge(
+        stored_captures(redis, key=CAPTURE_KEY),
+        stored_captures(redis, key=CAPTURE_DUPLICATES_KEY),
+        key=lambda stored: _entry_order(stored.entry_id),
+    )
+
+
+def count_captures(redis: Redis) -> int:
+    """How many deliveries are kept, duplicates included."""
+    with redis.pipeline(transaction=False) as pipe:
+        pipe.xlen(CAPTURE_KEY)
+        pipe.xlen(CAPTURE_DUPLICATES_KEY)
+        return sum(int(n) for n in pipe.execute())
+
+
+def _entry_order(entry_id: bytes) -> tuple[int, int]:
+    ms, _, seq = entry_id.partition(b"-")
+    return int(ms), int(seq or 0)
 
 
 def event_type_of(line: dict[str, Any]) -> str | None:
@@ -151,7 +183,7 @@ def export_captures(
     selection = selection or Selection()
     now = now or datetime.now(UTC)
     floor = None if max_age is None else now.timestamp() - max_age
-    for stored in stored_captures(redis):
+    for stored in all_captures(redis):
         # Trimming happens on writes: an idle capture may still hold older entries.
         if floor is not None and int(stored.entry_id.split(b"-")[0]) < floor * 1000:
             continue

@@ -28,8 +28,8 @@ from ..model.routes import job_id_head
 from .capture import CaptureWrite
 from .enqueue import JobWrite
 
-# KEYS: [1] rq:queues, then per event: its dedup key, [its capture key,] then per job:
-#       job key, queue key.
+# KEYS: [1] rq:queues, then per event: its dedup key, [its capture and duplicates keys,]
+#       then per job: job key, queue key.
 # ARGV: ttl_ms, now, every route's job-hash template as one JSON array of flat field lists
 #       (built once at start-up, so each call sends one constant string), event count,
 #       per event: job count, mode (1: force, 2: capture), received (ms), its jobs' marks,
@@ -60,7 +60,7 @@ for e = 1, nevents do
   local received, marks = ARGV[a], ARGV[a + 1]; a = a + 2
   local capture_key, capture
   if mode >= 2 then
-    capture_key = KEYS[k]; k = k + 1
+    capture_key = {KEYS[k], KEYS[k + 1]}; k = k + 2
     capture = {ARGV[a], ARGV[a + 1], ARGV[a + 2], ARGV[a + 3]}; a = a + 4
   end
   local seen = redis.call('GET', seen_key)
@@ -94,7 +94,8 @@ for e = 1, nevents do
       redis.call('SET', seen_key, head .. '#' .. ((tonumber(count) or 0) + 1), 'KEEPTTL')
     end
     if capture then
-      redis.call('XADD', capture_key, '*', 'd', capture[1], 'dup', fresh and '0' or '1')
+      -- A duplicate goes to a stream of its own: a flood of them never evicts a first delivery.
+      redis.call('XADD', capture_key[fresh and 1 or 2], '*', 'd', capture[1], 'dup', fresh and '0' or '1')
       trim = capture
       trim[5] = capture_key
     end
@@ -102,9 +103,11 @@ for e = 1, nevents do
   end
 end
 if trim then  -- once per call: under load one call carries many deliveries
-  redis.call('XTRIM', trim[5], 'MINID', trim[2])
-  redis.call('XTRIM', trim[5], 'MAXLEN', trim[3])
-  redis.call('PEXPIRE', trim[5], trim[4])
+  for _, key in ipairs(trim[5]) do
+    redis.call('XTRIM', key, 'MINID', trim[2])
+    redis.call('XTRIM', key, 'MAXLEN', trim[3])
+    redis.call('PEXPIRE', key, trim[4])
+  end
 end
 return results
 """
@@ -252,7 +255,7 @@ class EventStore:
             received = admission.received_at or moment
             events_args.extend((int(received.timestamp() * 1000), admission.marks()))
             if capture is not None:
-                keys.append(capture.key)
+                keys.extend((capture.key, capture.duplicates_key))
                 events_args.extend((capture.token, capture.min_id_ms, capture.max_count, capture.ttl_ms))
             for job in admission.jobs:
                 keys.append(RQ_JOB_PREFIX + job.job_id)

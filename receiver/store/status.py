@@ -16,8 +16,9 @@ from typing import Any
 
 from redis import Redis
 
-from ..keys import CAPTURE_KEY, SEEN_PATTERN, SEEN_PREFIX
+from ..keys import SEEN_PATTERN, SEEN_PREFIX
 from ..settings import Settings
+from .capture import count_captures
 from .queues import QueueCounts, queue_counts
 
 SCAN_COUNT = 1000
@@ -89,7 +90,7 @@ def collect_status(
         queues=queue_counts(redis, configured_queues),
         workers=_workers(redis),
         dedup=count_dedup_keys(redis, scan_budget),
-        capture={"enabled": settings.capture, "kept": int(redis.zcard(CAPTURE_KEY))},
+        capture={"enabled": settings.capture, "kept": count_captures(redis)},
         warnings=durability_warnings(info),
     )
 

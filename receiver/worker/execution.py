@@ -7,6 +7,7 @@ import asyncio
 import inspect
 import logging
 import math
+import traceback
 import uuid
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -26,6 +27,7 @@ from ..model.plugins import HandlerRegistry
 from ..model.routes import Config, load_config
 from ..settings import Settings
 from ..store.connection import connect
+from ..store.failed import SEALED_FIELDS, error_meta, kept_exc_text
 from ..upstream.http import record_stats_in
 from .clients import Upstream
 from .context import Context
@@ -139,7 +141,7 @@ def execute(spec: Mapping[str, Any], runtime: WorkerRuntime | None = None) -> No
             runtime.loop.run_until_complete(result)
     except BaseException as exc:
         if job is not None:
-            _record_failure(job, exc, attempt)
+            _record_failure(job, exc, attempt, runtime.sealer)
         raise
 
 
@@ -159,7 +161,7 @@ def job_context(spec: Mapping[str, Any], runtime: WorkerRuntime | None = None) -
         yield ctx
     except BaseException as exc:
         if job is not None:
-            _record_failure(job, exc, attempt)
+            _record_failure(job, exc, attempt, runtime.sealer)
         raise
 
 
@@ -170,8 +172,14 @@ def _attempt(job: Job | None) -> int:
     return int(job.meta.get("attempts", 0)) + 1
 
 
-def _record_failure(job: Job, exc: BaseException, attempt: int) -> None:
-    """Shape RQ's retry decision to our policy and keep a one-line reason for `failed list`."""
+def _record_failure(job: Job, exc: BaseException, attempt: int, sealer: Sealer | None) -> None:
+    """Shape RQ's retry decision to our policy and keep a one-line reason for `failed list`.
+
+    With keys, the reason and the traceback are sealed (`store/failed.py`), and a payload
+    queued in clear before encryption was turned on is sealed in the job RQ saves next.
+    """
+    if sealer is not None:
+        _seal_payload(job, sealer)
     if isinstance(exc, ClaimHeld):
         _defer(job, exc.retry_after)
         job.meta["waiting"] = str(exc)[:500]
@@ -188,9 +196,31 @@ def _record_failure(job: Job, exc: BaseException, attempt: int) -> None:
     message = str(exc).splitlines()[0] if str(exc) else ""
     kind = type(exc).__name__
     job.meta["attempts"] = attempt
-    job.meta["last_error"] = f"{kind}: {message}"[:500]
+    for name in SEALED_FIELDS:
+        job.meta.pop(name, None)
+    trace = "".join(traceback.format_exception(exc))
+    job.meta.update(error_meta(kind, f"{kind}: {message}"[:500], trace, sealer))
     job.meta["retrying"] = bool(job.retries_left)
     _save_meta(job)
+
+
+def stored_exc_text(job: Job, exc_string: str) -> str:
+    """What RQ may keep of a failed run's traceback (its results, the job's `exc_info`):
+    the type alone once `_record_failure` sealed the message and traceback in the meta."""
+    return kept_exc_text(job.meta or {}, exc_string)
+
+
+def _seal_payload(job: Job, sealer: Sealer) -> None:
+    """A job queued before encryption was on holds its event in clear: RQ writes the job
+    back on a retry or a failure, so it writes it sealed (what `rekey` does for the rest)."""
+    try:
+        spec = job.args[0] if job.args else None
+    except Exception:  # not a job of ours
+        return
+    if isinstance(spec, dict) and isinstance(spec.get("body"), str):
+        sealed = {name: value for name, value in spec.items() if name != "body"}
+        sealed["sealed"] = sealer.seal(spec["body"].encode("utf-8"))
+        job.args = [sealed, *job.args[1:]]
 
 
 def _defer(job: Job, seconds: float) -> None:

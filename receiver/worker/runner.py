@@ -16,7 +16,7 @@ from rq.serializers import JSONSerializer
 from rq.worker import SimpleWorker, WorkerStatus
 
 from ..keys import JOB_COUNTS_KEY, job_count_field
-from .execution import WorkerRuntime
+from .execution import WorkerRuntime, stored_exc_text
 from .jobinfo import event_of, handler_of
 from .shutdown import GracefulShutdown
 
@@ -118,6 +118,7 @@ class RouterWorker(GracefulShutdown, SimpleWorker):
         execution: Any = None,
     ) -> None:
         self._outcome_job = job
+        exc_string = stored_exc_text(job, exc_string)  # with keys: the type only, the rest is sealed
         try:
             super().handle_job_failure(job, queue, started_job_registry, exc_string, execution)
         finally:

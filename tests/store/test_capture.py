@@ -12,7 +12,7 @@ import pytest
 from cryptography.fernet import Fernet, InvalidToken
 
 from receiver.crypto import Sealer
-from receiver.keys import CAPTURE_KEY
+from receiver.keys import CAPTURE_DUPLICATES_KEY, CAPTURE_KEY
 from receiver.settings import Secret
 from receiver.store.capture import export_captures
 from tests.capture_support import raw_bytes, read_lines, redis_contents
@@ -91,7 +91,7 @@ def test_redis_and_logs_never_hold_a_member_name_in_clear(start_receiver, redis,
     assert receiver.post(body).status_code == 200
 
     contents = redis_contents(redis)
-    assert redis.xlen(CAPTURE_KEY) == 3
+    assert redis.xlen(CAPTURE_KEY) == 2 and redis.xlen(CAPTURE_DUPLICATES_KEY) == 1
     everything = raw_bytes(contents)
     for secret_word in (b"Zebulon", b"Quackenbush", b"mem_77", b"tsk_5", b"member_name"):
         assert secret_word not in everything
@@ -115,6 +115,35 @@ def test_retention_keeps_at_most_max_count(start_receiver, redis, redis_server, 
     assert [orjson.loads(line["body"])["id"] for line in read_lines(out)] == [
         f"evt_count_{n}" for n in (2, 3, 4)
     ]
+
+
+def test_a_flood_of_duplicates_never_evicts_real_captures(start_receiver, redis, redis_server, tmp_path):
+    receiver = capturing(start_receiver, OSMA_ROUTER_CAPTURE_MAX_COUNT="3")
+    real = [make_event(event_id=f"evt_real_{n}") for n in range(3)]
+    for body in real:
+        assert receiver.post(body).status_code == 202
+    for _ in range(20):  # a replayed flood: every one a duplicate
+        assert receiver.post(real[1]).status_code == 200
+    result, out = export(redis_server, tmp_path)
+    assert result.returncode == 0, result.stderr
+    lines = read_lines(out)
+    assert [line["body"].encode() for line in lines if not line.get("duplicate")] == real
+    duplicates = [line for line in lines if line.get("duplicate")]
+    assert len(duplicates) == 3  # kept too, by their own bound (the same count)
+    assert all(line["body"].encode() == real[1] for line in duplicates)
+    times = [line["received_at"] for line in lines]
+    assert times == sorted(times)  # one file, in the order the deliveries came in
+
+
+def test_status_commands_count_captures_with_their_duplicates(start_receiver, redis, redis_server, tmp_path):
+    receiver = capturing(start_receiver)
+    body = make_event(event_id="evt_counted")
+    assert [receiver.post(body).status_code for _ in range(3)] == [202, 200, 200]
+    status = osma_router(["status", "--json"], env_for(redis_server.url), tmp_path)
+    assert status.returncode == 0, status.stderr  # it read the stream as a sorted set: WRONGTYPE
+    assert orjson.loads(status.stdout)["capture"]["kept"] == 3
+    capture = osma_router(["capture", "status"], env_for(redis_server.url))
+    assert "kept deliveries: 1\nkept duplicates: 2" in capture.stdout
 
 
 def captured_ids(redis) -> list[str]:

@@ -47,3 +47,12 @@ async def async_record(event: Event, ctx: Context) -> None:
 def clock(event: Event, ctx: Context) -> None:
     """Records the handler's clock: replays pin it to the event's original received time."""
     ctx.redis.rpush(SEEN_KEY, f"{event.id}|{ctx.handler}|now|{ctx.now().isoformat()}")
+
+
+@group.handler()
+def leaky(event: Event, ctx: Context) -> None:
+    """Fails until attempt `succeed_on` (default: never succeeds) with the member's name from
+    the event in its message: the at-rest tests check that no such text stays in clear."""
+    ctx.redis.rpush(SEEN_KEY, f"{event.id}|{ctx.handler}|attempt|{ctx.attempt}")
+    if ctx.attempt < int(ctx.params.get("succeed_on", 1_000_000)):
+        raise ValueError(f"cannot file the visit of {event.get('name')}")
