@@ -265,6 +265,18 @@ def _dedup_covers_the_replay_window(values: Mapping[str, Any]) -> None:
         )
 
 
+def _entry_point_names(name: str, value: str) -> tuple[str, ...]:
+    names = tuple(part.strip() for part in value.split(",") if part.strip())
+    for entry in names:
+        if not all(c.isalnum() or c in "_-." for c in entry):
+            raise ConfigError(
+                f"{PREFIX}{name}: {entry!r} is not an entry point name (comma-separated, e.g. builtin,care)"
+            )
+    if not names:
+        raise ConfigError(f"{PREFIX}{name} names no plugin; leave it unset to load every installed one")
+    return names
+
+
 def _capture_needs_a_key(values: Mapping[str, Any]) -> None:
     if values["capture"] and not values["encryption_keys"]:
         raise ConfigError(
@@ -366,6 +378,8 @@ _TABLE: tuple[_Row, ...] = (
     _Row("TRUSTED_PROXIES", "trusted_proxies", _proxy_list, (), _joined_or("- (X-Forwarded-* ignored)")),
     _Row("SHUTDOWN_GRACE", "shutdown_grace", _positive_number, 25.0, "{:g} s"),
     _Row("BODY_TIMEOUT", "body_timeout", _positive_number, 10.0, "{:g} s"),
+    # Handler plugins to load, by entry point name; unset loads all. check-config lists them itself.
+    _Row("PLUGINS", "plugins", _entry_point_names, None, None),
     _Row("QUEUE", "queue_name", _queue_name, "osma-router", "{}"),
 )
 # fmt: on
@@ -407,6 +421,8 @@ class Settings:
     shutdown_grace: float = _DEFAULT["shutdown_grace"]
     # seconds a webhook body may take to arrive (slow clients: 408)
     body_timeout: float = _DEFAULT["body_timeout"]
+    # the handler plugins (entry point names) to load; None: every installed one
+    plugins: tuple[str, ...] | None = _DEFAULT["plugins"]
     # Not settings: the rest of the environment, for plugins that read their own variables.
     extra: Mapping[str, str] = field(default_factory=dict, repr=False, compare=False)
 

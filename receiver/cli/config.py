@@ -14,13 +14,14 @@ from .common import add_command, current_settings
 
 def cmd_check_config(args: argparse.Namespace) -> int:
     config = current_settings()
-    registry = HandlerRegistry.discover()
+    registry = HandlerRegistry.discover(config.plugins)
     routes = load_config(config.config_path, registry)
     print("settings:")
     for name, value in config.summary().items():
         print(f"  {name:<22} {value}")
     print(f"  {'mode':<22} {describe_mode(config)}")
     print(f"handlers available: {', '.join(sorted(registry.handlers)) or 'none'}")
+    print(f"plugins: {describe_plugins(registry, config)}")
     print(f"routes ({len(routes.routes)}):")
     for route in routes.routes:
         print(f"  {route.describe()}  [route {route.key}, retries {route.retries}]")
@@ -52,6 +53,15 @@ def describe_mode(settings: Settings) -> str:
         "any": "events of both modes are routed, unless a route sets live_mode",
     }[settings.service_mode]
     return f"{settings.service_mode} ({source}; {what})"
+
+
+def describe_plugins(registry: HandlerRegistry, settings: Settings) -> str:
+    """The handler plugins loaded and, with OSMA_ROUTER_PLUGINS, those found but skipped."""
+    loaded = ", ".join(sorted(registry.plugins)) or "none"
+    if settings.plugins is None:
+        return f"{loaded} (every installed one: OSMA_ROUTER_PLUGINS is not set)"
+    skipped = ", ".join(sorted(registry.skipped)) or "none"
+    return f"{loaded} (OSMA_ROUTER_PLUGINS); found but skipped: {skipped}"
 
 
 def cmd_keygen(args: argparse.Namespace) -> int:

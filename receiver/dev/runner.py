@@ -44,7 +44,8 @@ def run_dev(
     fake_osma = not real_osma if fake_upstreams is None else fake_upstreams
     fake_ogsm = not real_ogsm if fake_upstreams is None else fake_upstreams
     # Read here so that a bad routes file is one line before anything starts.
-    routes = load_config(settings.config_path, HandlerRegistry.discover()) if fake_ogsm else Config()
+    registry = HandlerRegistry.discover(settings.plugins)
+    routes = load_config(settings.config_path, registry) if fake_ogsm else Config()
     env = dict(os.environ)
     env.setdefault(PREFIX + "LOG_FORMAT", "console")
     if not settings.webhook_secrets:

@@ -16,19 +16,27 @@ and in the plugin's `pyproject.toml`:
 [project.entry-points."osma_router.handlers"]
 care = "care_plugin:group"
 ```
+
+Every installed entry point of the group is loaded, unless `OSMA_ROUTER_PLUGINS` names the
+ones to load (`builtin,care`): then the others are found and listed, never imported.
+`builtin` is the entry point of the handlers shipped in this package, and only that one.
 """
 
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable, Iterable, Mapping
+import re
+from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass
-from importlib.metadata import entry_points
+from importlib.metadata import EntryPoint, entry_points
 from typing import Any
 
 from ..exceptions import ConfigError
+from ..settings import PREFIX
 
 ENTRY_POINT_GROUP = "osma_router.handlers"
+BUILTIN = "builtin"  # the entry point of the built-in handlers (pyproject.toml)
+_OWN_DISTRIBUTION = "osma-router"
 
 HandlerFunc = Callable[..., Any]
 # A dataclass (called with the parameters as keywords) or a function of the mapping.
@@ -102,6 +110,8 @@ class HandlerRegistry:
 
     def __init__(self, groups: Iterable[HandlerGroup] = ()) -> None:
         self.handlers: dict[str, Handler] = {}
+        self.plugins: tuple[str, ...] = ()  # entry points loaded, by name
+        self.skipped: tuple[str, ...] = ()  # found but not in the allow-list: "name (distribution)"
         for group in groups:
             self.add(group)
 
@@ -122,10 +132,23 @@ class HandlerRegistry:
         return name in self.handlers
 
     @classmethod
-    def discover(cls) -> HandlerRegistry:
-        """Load every group published in the `osma_router.handlers` entry-point group."""
+    def discover(cls, allowed: Collection[str] | None = None) -> HandlerRegistry:
+        """Load the groups published in the `osma_router.handlers` entry-point group: all of
+        them, or with `allowed` (`Settings.plugins`) only the entry points it names. The others
+        are listed in `skipped` and never imported; an allowed name no package publishes is a
+        `ConfigError`."""
         registry = cls()
+        loaded: list[str] = []
+        skipped: list[str] = []
         for entry_point in entry_points(group=ENTRY_POINT_GROUP):
+            if allowed is not None and not _is_allowed(entry_point, allowed):
+                skipped.append(f"{entry_point.name} ({_distribution(entry_point) or 'no distribution'})")
+                continue
+            if allowed is not None and entry_point.name in loaded:  # which one did the list mean?
+                raise ConfigError(
+                    f"{PREFIX}PLUGINS names {entry_point.name!r}, which more than one installed "
+                    f"package publishes ({_distribution(entry_point)} among them): uninstall the other"
+                )
             try:
                 group = entry_point.load()
             except Exception as exc:  # a broken plugin must not look like our crash
@@ -138,4 +161,26 @@ class HandlerRegistry:
                     f"handler plugin {entry_point.name!r} ({entry_point.value}) is not a HandlerGroup"
                 )
             registry.add(group)
+            loaded.append(entry_point.name)
+        missing = sorted(set(allowed or ()) - set(loaded))
+        if missing:
+            found = ", ".join(sorted(loaded + skipped)) or "none"
+            raise ConfigError(
+                f"{PREFIX}PLUGINS names {', '.join(map(repr, missing))}, which no installed package "
+                f"publishes as an {ENTRY_POINT_GROUP} entry point (found: {found})"
+            )
+        registry.plugins, registry.skipped = tuple(loaded), tuple(skipped)
         return registry
+
+
+def _distribution(entry_point: EntryPoint) -> str | None:
+    """The normalised name of the package that publishes `entry_point` (PEP 503)."""
+    dist = getattr(entry_point, "dist", None)
+    return re.sub(r"[-_.]+", "-", dist.name).lower() if dist is not None else None
+
+
+def _is_allowed(entry_point: EntryPoint, allowed: Collection[str]) -> bool:
+    if entry_point.name not in allowed:
+        return False
+    # `builtin` lets in this package's own handlers, not another package's namesake.
+    return entry_point.name != BUILTIN or _distribution(entry_point) == _OWN_DISTRIBUTION

@@ -45,7 +45,7 @@ def build_state(
     secrets = settings.require_webhook_secrets()
     settings.require_redis_url()
     if registry is None:
-        registry = HandlerRegistry.discover()
+        registry = HandlerRegistry.discover(settings.plugins)
     if config is None:
         config = load_config(settings.config_path, registry)
     redis = connect_async(settings, "receiver")

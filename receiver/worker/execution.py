@@ -57,7 +57,7 @@ class WorkerRuntime:
     def build(
         cls, settings: Settings, redis: Redis, registry: HandlerRegistry | None = None
     ) -> WorkerRuntime:
-        registry = registry or HandlerRegistry.discover()
+        registry = registry or HandlerRegistry.discover(settings.plugins)
         config = load_config(settings.config_path, registry)
         sealer = Sealer(settings.encryption_keys) if settings.encryption_keys else None
         return cls(settings=settings, registry=registry, config=config, redis=redis, sealer=sealer)
