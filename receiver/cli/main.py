@@ -9,7 +9,20 @@ from collections.abc import Sequence
 import redis
 
 from ..exceptions import ConfigError, RouterError
-from . import capture, config, failed, health, rekey, replay, scaffold, serve, signing, status, trace
+from . import (
+    capture,
+    config,
+    failed,
+    health,
+    rekey,
+    replay,
+    scaffold,
+    serve,
+    signing,
+    status,
+    trace,
+    trigger,
+)
 from .common import fail
 
 DESCRIPTION = """\
@@ -25,6 +38,8 @@ examples:
   osma-router dev                                   # everything locally, embedded Redis
   osma-router sign --secret whsec_dev event.json    # the osma-signature header value
   osma-router send http://127.0.0.1:8000/webhooks/osma event.json --secret whsec_dev
+  osma-router trigger task.completed --set data.object.template=update_blood_pressure
+  osma-router trace evt_...                         # what one event caused: jobs, effects
   osma-router failed list                           # jobs that ran out of retries
 """
 
@@ -42,6 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
     # dead-letter place, then operations.
     serve.add_commands(sub)
     signing.add_commands(sub)
+    trigger.add_commands(sub)
     trace.add_commands(sub)
     config.add_check_config(sub)
     scaffold.add_commands(sub)
