@@ -153,9 +153,16 @@ class DedupMark:
         head, _, count = text.partition("#")
         received, *tails = head.split(":")
         at = None
-        if received.isdigit() and len(received) >= 12:  # ms since the epoch; "1" is no time
-            at = datetime.fromtimestamp(int(received) / 1000, UTC)
-        return cls(at, tuple(tail for tail in tails if tail), int(count) if count.isdigit() else 0)
+        if _digits(received) and len(received) >= 12:  # ms since the epoch; "1" is no time
+            try:
+                at = datetime.fromtimestamp(int(received) / 1000, UTC)
+            except (OverflowError, ValueError, OSError):  # not a time this machine can hold
+                at = None
+        return cls(at, tuple(tail for tail in tails if tail), int(count) if _digits(count) else 0)
+
+
+def _digits(text: str) -> bool:
+    return text.isascii() and text.isdigit()
 
 
 def rq_timestamp(moment: datetime | None = None) -> str:

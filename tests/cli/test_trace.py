@@ -5,9 +5,13 @@ ids, and no member data in what it prints."""
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime
 
 import orjson
+from hypothesis import given
+from hypothesis import strategies as st
 
+from receiver.store.dedup import DedupMark
 from receiver.store.trace import load_trace
 from tests.support import env_for, make_event, osma_router
 
@@ -121,3 +125,28 @@ def test_a_forced_replay_s_jobs_are_traced_too(start_receiver, redis, redis_serv
     assert found is not None and found.duplicates == 1
     assert [job.state for job in found.jobs] == ["succeeded", "queued"]  # the replay's own job waits
     assert found.jobs[1].job_id.startswith(found.jobs[0].job_id + "_")
+
+
+tails = st.text("abcdefghijklmnopqrstuvwxyz0123456789_-", min_size=1, max_size=20)
+
+
+@given(
+    ms=st.integers(10**12, 4 * 10**12),
+    jobs=st.lists(tails, max_size=4),
+    duplicates=st.integers(0, 10**6),
+)
+def test_a_dedup_mark_reads_back_what_the_admit_script_writes(ms, jobs, duplicates):
+    """The script writes `<ms>(:<tail>)*` and, once the id came again, `#<n>`."""
+    value = str(ms) + "".join(":" + tail for tail in jobs) + (f"#{duplicates}" if duplicates else "")
+    mark = DedupMark.parse(value.encode())
+    assert mark.received_at == datetime.fromtimestamp(ms / 1000, UTC)
+    assert mark.job_tails == tuple(jobs) and mark.duplicates == duplicates
+
+
+@given(st.text(max_size=60))
+def test_any_dedup_value_parses(value):
+    """Marks written as "1" (replay --inline, older releases), or anything else, never raise."""
+    mark = DedupMark.parse(value)
+    assert mark.duplicates >= 0
+    assert DedupMark.parse("1") == DedupMark(None, (), 0)
+    assert DedupMark.parse("9" * 40 + ":r1#2") == DedupMark(None, ("r1",), 2)
