@@ -38,7 +38,7 @@ import orjson
 from cryptography.fernet import Fernet
 from redis import Redis
 
-from receiver.keys import OSMOS_INFLIGHT_KEY, RQ_QUEUE_PREFIX, osmos_seen_key
+from receiver.keys import OSMOS_INFLIGHT_KEY, RQ_QUEUE_PREFIX, osmos_seen_prefix
 from receiver.settings import Settings
 from receiver.store.server import RedisServer, free_port
 
@@ -177,8 +177,11 @@ def post(url: str, body: bytes, timeout: float) -> httpx.Response:
 
 
 def check_store(redis: Redis, records: int, routes: int) -> dict[str, Any]:
-    queued = redis.llen(RQ_QUEUE_PREFIX + Settings.queue_name)
-    seen = redis.zcard(osmos_seen_key("crm"))
+    queued = sum(
+        orjson.loads(redis.hget(f"rq:job:{job_id.decode()}", "data"))[2][0].get("records", 1)
+        for job_id in redis.lrange(RQ_QUEUE_PREFIX + Settings.queue_name, 0, -1)
+    )
+    seen = sum(redis.hlen(key) for key in redis.scan_iter(match=osmos_seen_prefix("crm") + "*", count=10_000))
     staging = sum(1 for _ in redis.scan_iter(match="osma_router:osmos:batch:*", count=10_000))
     staging += redis.zcard(OSMOS_INFLIGHT_KEY)
     check = {

@@ -14,8 +14,9 @@ RouterError
 │   ├── RequestTimeout     408, the body did not arrive in time
 │   ├── UnknownConnector   404
 │   └── StoreUnavailable   503: Redis could not store it, the sender retries
+│       └── OverBudget     503 with Retry-After: an Osmos batch would pass the Redis budget for batches
 ├── StoreError             Redis could not store an event or a batch: the endpoint answers 503
-│   └── StagingLost        an Osmos batch's staged records are gone (swept, or a shared job removed)
+│   └── StagingLost        an Osmos batch being stored was discarded as abandoned (its receiver stalled)
 ├── NoSuchFailedJob        `failed show/retry` of an id that is not in the failed registry
 ├── HandlerError           a plugin failed: retried per its policy
 │   ├── ClaimHeld          another execution holds an effect's lock: run again when it expires
@@ -138,11 +139,21 @@ class StoreUnavailable(HTTPFacingError):
 
 
 class StoreError(RouterError):
+class OverBudget(StoreUnavailable):
+    """An Osmos batch would take Redis past its memory budget for batches; refused before
+    anything is stored, with a `Retry-After` of `retry_after` seconds."""
+
+    def __init__(self, message: str, *, retry_after: int) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
     """Redis could not store an event or a batch (refused, went away, timed out)."""
 
 
 class StagingLost(StoreError):
-    """What was staged is gone (swept as abandoned, or a shared job hash removed): answer 503."""
+    """An Osmos batch being stored was discarded as abandoned (its receiver stalled past the
+    deadline): nothing of it is queued; answer 503."""
 
 
 class NoSuchFailedJob(RouterError):

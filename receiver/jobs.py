@@ -1,6 +1,6 @@
 """Job entry points. RQ stores jobs by the import path of their function, so the names
 in this module never change once released: `receiver.jobs.run_handler`,
-`receiver.jobs.flush_measurement`."""
+`receiver.jobs.run_osmos_chunk`, `receiver.jobs.flush_measurement`."""
 
 from __future__ import annotations
 
@@ -19,6 +19,7 @@ from .store.ledger import Effect, EffectOutcome, EffectResult
 from .store.watermarks import Watermarks
 from .worker.context import Context
 from .worker.execution import execute, job_context
+from .worker.osmos import execute_chunk
 
 FLUSH_FAILURE_TTL = 30 * 24 * 3600  # as handler jobs: `failed retry` can run it for 30 days
 
@@ -26,6 +27,13 @@ FLUSH_FAILURE_TTL = 30 * 24 * 3600  # as handler jobs: `failed retry` can run it
 def run_handler(spec: dict[str, Any]) -> None:
     """Run one handler for one event (the spec is built by `receiver.store.enqueue`)."""
     execute(spec)
+
+
+def run_osmos_chunk(spec: dict[str, Any]) -> None:
+    """Run one route's handler for each record of one chunk of an Osmos batch (the spec is
+    built by `receiver.store.osmos_chunks`); a record that fails becomes a `run_handler`
+    job of its own."""
+    execute_chunk(spec)
 
 
 def flush_measurement(spec: dict[str, Any]) -> None:

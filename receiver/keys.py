@@ -26,8 +26,9 @@ JOB_COUNTS_KEY = f"{PREFIX}:metrics:jobs"  # field "<handler>|<outcome>"
 UPSTREAM_CALLS_KEY = f"{PREFIX}:metrics:upstream"  # field "<upstream>|<status>"
 RATE_LIMIT_WAITS_KEY = f"{PREFIX}:metrics:rate_limit_waits"  # fields "<upstream>|waits", "|seconds"
 
-# Osmos batches: the in-flight set, and per connector its dedup marks and commits.
+# Osmos batches: those being stored (with their deadlines), and the Redis memory each may take.
 OSMOS_INFLIGHT_KEY = f"{PREFIX}:osmos:inflight"
+OSMOS_RESERVED_KEY = f"{PREFIX}:osmos:reserved"
 
 # The pattern `status` counts remembered event ids with (SCAN, never KEYS).
 SEEN_PATTERN = f"{PREFIX}:seen:*"
@@ -43,19 +44,25 @@ def job_count_field(handler: str, outcome: str) -> str:
     return f"{handler}|{outcome}"
 
 
-def osmos_seen_key(connector: str) -> str:
-    """The sorted set of a connector's dedup marks (event id -> expiry, ms)."""
-    return f"{PREFIX}:osmos:seen:{connector}"
+def osmos_seen_prefix(connector: str) -> str:
+    """What a connector's dedup mark hashes are named after: `<this><time bucket>:<part>`,
+    each field a record's id digest, its value when the mark expires (store/batch_scripts.py)."""
+    return f"{PREFIX}:osmos:seen:{connector}:"
 
 
-def osmos_commits_key(connector: str) -> str:
-    """A connector's commit counter: did any batch commit since this one began staging?"""
-    return f"{PREFIX}:osmos:commits:{connector}"
+def osmos_holder_key(connector: str) -> str:
+    """The one batch of a connector being stored right now (`<connector>:<batch id>`)."""
+    return f"{PREFIX}:osmos:holder:{connector}"
 
 
 def osmos_batch_prefix(member: str) -> str:
-    """What every key of one staged batch starts with (see store/batch_scripts.py)."""
+    """What the bookkeeping keys of a batch being stored start with (store/batch_scripts.py)."""
     return f"{PREFIX}:osmos:batch:{member}:"
+
+
+def osmos_chunk_key(member: str, number: int) -> str:
+    """One chunk of a stored batch's records, read by its jobs (store/osmos_chunks.py)."""
+    return f"{PREFIX}:osmos:chunk:{member}:{number}"
 
 
 def rate_limit_key(scope: str, endpoint: str) -> str:

@@ -284,6 +284,29 @@ def _capture_needs_a_key(values: Mapping[str, Any]) -> None:
             "are kept encrypted, give at least one Fernet key"
         )
 
+def _redis_budget(name: str, value: str) -> str:
+    """Bytes (`536870912`) or a share of Redis's `maxmemory` (`50%`), kept as written."""
+    text = value.replace(" ", "")
+    try:
+        if text.endswith("%"):
+            if not 0 < float(text[:-1]) <= 100:
+                raise ValueError
+        elif int(text) < 1:
+            raise ValueError
+    except ValueError:
+        raise ConfigError(
+            f"{PREFIX}{name} must be a number of bytes (e.g. 536870912) or a share of Redis's "
+            f"maxmemory (e.g. 50%), got {value!r}"
+        ) from None
+    return text
+
+
+def _budget_shown(budget: str) -> str:
+    if budget.endswith("%"):
+        return f"{budget} of Redis maxmemory (none while maxmemory is 0)"
+    return f"{budget} bytes"
+
+
 
 # --- how check-config shows a value -----------------------------------------------------------------
 
@@ -358,6 +381,8 @@ _TABLE: tuple[_Row, ...] = (
     _Row("MODE", "mode", _mode, None, None, check=_mode_agrees_with_the_key),
     _Row("HEARTBEAT_TTL", "heartbeat_ttl", _integer(minimum=3), 30, "{} s"),
     # Seconds a lock outlives its last renewal, and the bound within which an upstream is
+    # The Redis memory Osmos batches may fill up to (docs/osmos.md, "Redis memory budget").
+    _Row("OSMOS_REDIS_BUDGET", "osmos_redis_budget", _redis_budget, "50%", _budget_shown),
     # assumed to finish a request (docs/contract.md): keep 60 for Osma and OGSM; tests lower it.
     _Row("LOCK_TTL", "lock_ttl", _integer(minimum=1), 60, "{} s"),
     _Row("OGSM_BASE_URL", "ogsm_base_url", _ogsm_base_url, None, _or("-")),
@@ -412,6 +437,7 @@ class Settings:
     ogsm_action_body: str = _DEFAULT["ogsm_action_body"]
     config_path: Path | None = _DEFAULT["config_path"]
     capture: bool = _DEFAULT["capture"]
+    osmos_redis_budget: str = _DEFAULT["osmos_redis_budget"]
     capture_max_age: float = _DEFAULT["capture_max_age"]
     capture_max_count: int = _DEFAULT["capture_max_count"]
     encryption_keys: tuple[Secret, ...] = _DEFAULT["encryption_keys"]

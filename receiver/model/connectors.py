@@ -21,7 +21,8 @@ fields are kept in the record as sent unless the connector rejects them.
 A record's event id is `osmos_<connector>_<K>_<C>` (`osmos_<connector>_<C>` without `key`):
 C and K are the first 16 hex digits of SHA-256 of the record's canonical JSON and of the
 key field's value as compact JSON, so a re-sent record is a duplicate and no field value
-shows in clear in an id.
+shows in clear in an id. Without `key`, a row repeated in one batch is a row of its own:
+its n-th copy takes C from the canonical JSON followed by `#n` (`RecordIds`).
 """
 
 from __future__ import annotations
@@ -270,31 +271,40 @@ def canonical_json(record: Mapping[str, Any]) -> bytes:
     return orjson.dumps(record, option=orjson.OPT_SORT_KEYS)
 
 
-def event_id_function(connector: Connector) -> Callable[[Mapping[str, Any], bytes], str]:
-    """`(record, canonical JSON) -> event id` for this connector, for many records in a row."""
-    prefix = connector.event_id_prefix()
-    key = connector.key
-    sha256, dumps = hashlib.sha256, orjson.dumps
-    if key is None:
+class RecordIds:
+    """Event ids and dedup marks of one connector's records (docs/contract.md, "Osmos ingest").
 
-        def event_id(record: Mapping[str, Any], canonical: bytes) -> str:
-            return prefix + sha256(canonical).hexdigest()[:16]
-    else:
+    A record's digest is its id in bytes: K and C (8 bytes each) with `key`, C alone
+    without. The n-th identical copy of a record in one batch (n >= 2; only counted without
+    `key`, see docs/osmos.md) takes C from the canonical JSON followed by `#n`.
+    """
 
-        def event_id(record: Mapping[str, Any], canonical: bytes) -> str:
-            return (
-                prefix
-                + sha256(dumps(record.get(key))).hexdigest()[:16]
-                + "_"
-                + sha256(canonical).hexdigest()[:16]
-            )
+    def __init__(self, connector: str, key: str | None) -> None:
+        self.prefix = f"{SOURCE}_{connector}_"
+        self.key = key
+        self.digest_size = 8 if key is None else 16
 
-    return event_id
+    def digest(self, record: Mapping[str, Any], canonical: bytes, occurrence: int = 1) -> bytes:
+        content = canonical if occurrence == 1 else canonical + b"#%d" % occurrence
+        c = hashlib.sha256(content).digest()[:8]
+        if self.key is None:
+            return c
+        return hashlib.sha256(orjson.dumps(record.get(self.key))).digest()[:8] + c
+
+    def event_id(self, digest: bytes) -> str:
+        if self.key is None:
+            return self.prefix + digest.hex()
+        return self.prefix + digest[:8].hex() + "_" + digest[8:].hex()
 
 
-def record_event_id(connector: Connector, record: Mapping[str, Any]) -> str:
+def record_ids(connector: Connector) -> RecordIds:
+    return RecordIds(connector.name, connector.key)
+
+
+def record_event_id(connector: Connector, record: Mapping[str, Any], occurrence: int = 1) -> str:
     """`osmos_<connector>_<K>_<C>` with a key field, `osmos_<connector>_<C>` without."""
-    return event_id_function(connector)(record, canonical_json(record))
+    ids = record_ids(connector)
+    return ids.event_id(ids.digest(record, canonical_json(record), occurrence))
 
 
 # -- configuration ---------------------------------------------------------------------

@@ -1,13 +1,20 @@
 """The Redis scripts behind `batches.py` (see its docstring for the design).
 
-Every key of one batch starts with `osma_router:osmos:batch:<connector>:<id>:` (ARGV[1],
-the batch prefix): `ids` (the staged records' event ids, in order), `jobs:<queue>` (their
-job ids per queue, in order), `queues` (the set of those queues), `owned` (job ids whose
-hash this batch created) and `borrowed` (job ids whose hash existed and was rewritten).
-A job id is `osmos_e-<event id>_<route key>` (`routes.job_id`; route keys hold no `_`),
-so the event id of a job is read back from its id. Key names are built in the scripts
-(standalone Redis, like RQ itself). Every bulk command takes at most `STEP` arguments
-(Lua's `unpack` has a limit near 8,000).
+Names. A batch is `<connector>:<batch id>` (its member). Its bookkeeping keys start with
+`osma_router:osmos:batch:<member>:` (the batch prefix): `written` (a list, one entry per
+staged chunk: `<time bucket>:<digest size>:` then the digests of the marks it wrote),
+`chunks` (the chunk keys it wrote) and `staged` (chunk number -> its answer, so a chunk
+sent twice is staged once). None of them outlives the batch.
+
+A connector's dedup marks live in hashes `<seen prefix><time bucket>:<part>`: the time
+bucket is `floor(now_ms / window_ms)`, the part `(first two digest bytes) % parts`, each
+field a record's digest and its value the time (ms) the mark expires. A mark is live while
+its value is in the future; a lookup reads the current and the previous time bucket (a
+mark lives one window, so older buckets hold none), and a hash expires as a whole once
+none of its marks can be live. Redis 7.0 has no expiry per hash field, hence the buckets;
+many small hashes rather than one big one keep each hash compact (a listpack while small)
+and each expiry cheap. Key names are built in the scripts (standalone Redis, like RQ
+itself). A chunk holds at most a few thousand records, within what Lua's `unpack` takes.
 """
 
 from __future__ import annotations
@@ -15,196 +22,195 @@ from __future__ import annotations
 _LIB = """
 local clock = redis.call('TIME')
 local now_ms = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
-local STEP = 2000
-local function live(score) return score and tonumber(score) > now_ms end
-local function event_of(job_id) return string.match(job_id, '^osmos_e%-(.+)_[^_]+$') end
-local function push_all(key, values)
-  for s = 1, #values, STEP do
-    redis.call('RPUSH', key, unpack(values, s, math.min(s + STEP - 1, #values)))
-  end
+local function holds(holder_key, inflight, member)
+  return redis.call('GET', holder_key) == member and redis.call('ZSCORE', inflight, member)
 end
--- the ids whose dedup mark in the set `seen` is live, as a table id -> true
-local function live_ids(seen, ids)
-  local found = {}
-  for s = 1, #ids, STEP do
-    local scores = redis.call('ZMSCORE', seen, unpack(ids, s, math.min(s + STEP - 1, #ids)))
-    for k = 1, #scores do
-      if live(scores[k]) then found[ids[s + k - 1]] = true end
-    end
-  end
-  return found
-end
-local function batch_keys(prefix)
-  local keys = {prefix .. 'ids', prefix .. 'owned', prefix .. 'borrowed', prefix .. 'queues'}
-  for _, queue in ipairs(redis.call('SMEMBERS', prefix .. 'queues')) do
-    keys[#keys + 1] = prefix .. 'jobs:' .. queue
-  end
-  return keys
+local function lost(why) return redis.error_reply('STAGING_LOST ' .. why) end
+local function part_of(digest, parts)
+  return (string.byte(digest, 1) * 256 + string.byte(digest, 2)) % parts
 end
 """
 
-# KEYS: [1] seen set, [2] inflight set, [3] commit counter.
-# ARGV: batch prefix, batch member, first chunk ("1"/"0"), now (RQ format), job key prefix,
-# deadline (s), route count, per route: job id head, tail, queue, description, data head,
-# middle, tail, field count, fields...; then the record count n, n event ids, n event
-# bodies, and either "*" (every route for every record) or n lines of route numbers ("1,3").
-# Returns: records staged, records skipped as already seen, the commit counter (first chunk).
+# KEYS: [1] the connector's holder key, [2] inflight set, [3] reservations hash.
+# ARGV: member, deadline (s), the batch's estimated growth (bytes), the budget: bytes
+# (0: none) and percent of maxmemory (0: none).
+# Returns {'ok'}, {'busy'} (another batch of the connector is being stored), {'stale',
+# member} (one was abandoned: discard it first) or {'over', used + reserved, limit}.
+BEGIN = (
+    _LIB
+    + """
+local member = ARGV[1]
+local holder = redis.call('GET', KEYS[1])
+if holder and holder ~= member then
+  local deadline = redis.call('ZSCORE', KEYS[2], holder)
+  if deadline and tonumber(deadline) > now_ms then return {'busy'} end
+  return {'stale', holder}
+end
+local limit, percent = tonumber(ARGV[4]), tonumber(ARGV[5])
+local info = redis.call('INFO', 'memory')
+if percent > 0 then
+  local maxmemory = tonumber(string.match(info, '\\nmaxmemory:(%d+)') or '0')
+  if maxmemory > 0 then limit = math.floor(maxmemory * percent / 100) end
+end
+if limit > 0 then
+  local used = tonumber(string.match(info, 'used_memory:(%d+)'))
+  for _, bytes in ipairs(redis.call('HVALS', KEYS[3])) do used = used + tonumber(bytes) end
+  if used + tonumber(ARGV[3]) > limit then return {'over', tostring(used), tostring(limit)} end
+end
+redis.call('SET', KEYS[1], member)
+redis.call('ZADD', KEYS[2], now_ms + tonumber(ARGV[2]) * 1000, member)
+redis.call('HSET', KEYS[3], member, ARGV[3])
+return {'ok'}
+"""
+)
+
+# KEYS: [1] holder key, [2] inflight set.
+# ARGV: [1] member, [2] batch prefix, [3] deadline (s), [4] seen prefix, [5] window (ms),
+# [6] parts, [7] chunk number, [8] chunk key, [9] chunk blob ('' when no job will read it),
+# [10] n, then n digests.
+# Writes a mark for each record not already marked live, and the chunk blob when any was
+# new. Returns the positions (from 0) of the records already marked, comma-separated.
 STAGE = (
     _LIB
     + """
-local prefix, member, job_prefix = ARGV[1], ARGV[2], ARGV[5]
-local deadline = now_ms + tonumber(ARGV[6]) * 1000
-local counter = false
-if ARGV[3] == '1' then
-  redis.call('ZADD', KEYS[2], deadline, member)
-  counter = redis.call('GET', KEYS[3]) or '0'
-elseif redis.call('ZSCORE', KEYS[2], member) then
-  redis.call('ZADD', KEYS[2], 'XX', deadline, member)
-else
-  return redis.error_reply('STAGING_LOST the batch was swept as abandoned')
-end
-local now, nroutes = ARGV[4], tonumber(ARGV[7])
-local a = 8
-local routes, all = {}, {}
-for r = 1, nroutes do
-  local route = {jh = ARGV[a], jt = ARGV[a + 1], queue = ARGV[a + 2], desc = ARGV[a + 3],
-                 dh = ARGV[a + 4], dm = ARGV[a + 5], dt = ARGV[a + 6]}
-  local n = tonumber(ARGV[a + 7]); a = a + 8
-  local fields = {}
-  for i = 1, n do fields[i] = ARGV[a + i - 1] end
-  a = a + n
-  route.fields, route.count = fields, n / 2 + 4
-  routes[r] = route
-  all[r] = r
-end
-local expired = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now_ms, 'LIMIT', 0, STEP)
-if #expired > 0 then redis.call('ZREM', KEYS[1], unpack(expired)) end
-local n = tonumber(ARGV[a])
-local first_id, first_body, choices = a + 1, a + 1 + n, a + 1 + 2 * n
-local ids = {}
-for i = 1, n do ids[i] = ARGV[first_id + i - 1] end
-local scores = redis.call('ZMSCORE', KEYS[1], unpack(ids))
-local fresh, owned, borrowed, jobs, duplicates = {}, {}, {}, {}, 0
+local member, prefix = ARGV[1], ARGV[2]
+if not holds(KEYS[1], KEYS[2], member) then return lost('the batch was swept as abandoned') end
+redis.call('ZADD', KEYS[2], 'XX', now_ms + tonumber(ARGV[3]) * 1000, member)
+local again = redis.call('HGET', prefix .. 'staged', ARGV[7])
+if again then return again end
+local window, parts, n = tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[10])
+local bucket = math.floor(now_ms / window)
+local current, previous = ARGV[4] .. bucket .. ':', ARGV[4] .. (bucket - 1) .. ':'
+local expires, gone_at = now_ms + window, (bucket + 2) * window + 1000
+local groups = {}
 for i = 1, n do
-  local id = ids[i]
-  if live(scores[i]) then
-    duplicates = duplicates + 1
-  else
-    fresh[#fresh + 1] = id
-    local chosen = all
-    if ARGV[choices] ~= '*' then
-      chosen = {}
-      for number in string.gmatch(ARGV[choices + i - 1], '%d+') do chosen[#chosen + 1] = tonumber(number) end
-    end
-    local body = ARGV[first_body + i - 1]
-    for _, r in ipairs(chosen) do
-      local route = routes[r]
-      local job_id = route.jh .. id .. route.jt
-      local created = redis.call('HSET', job_prefix .. job_id,
-        'data', route.dh .. id .. route.dm .. body .. route.dt,
-        'description', route.desc, 'created_at', now, 'enqueued_at', now, unpack(route.fields))
-      if created < route.count then borrowed[#borrowed + 1] = job_id else owned[#owned + 1] = job_id end
-      if jobs[route.queue] == nil then jobs[route.queue] = {} end
-      local q = jobs[route.queue]
-      q[#q + 1] = job_id
+  local part = part_of(ARGV[10 + i], parts)
+  local group = groups[part]
+  if not group then group = {}; groups[part] = group end
+  group[#group + 1] = i
+end
+local seen, fresh = {}, {}
+for part, group in pairs(groups) do
+  local digests = {}
+  for j, i in ipairs(group) do digests[j] = ARGV[10 + i] end
+  local key = current .. part
+  local now_marks = redis.call('HMGET', key, unpack(digests))
+  local old_marks = redis.call('HMGET', previous .. part, unpack(digests))
+  local writes = {}
+  for j, i in ipairs(group) do
+    local mark, old = now_marks[j], old_marks[j]
+    if (mark and tonumber(mark) > now_ms) or (old and tonumber(old) > now_ms) then
+      seen[#seen + 1] = i - 1
+    else
+      writes[#writes + 1] = digests[j]
+      writes[#writes + 1] = expires
+      fresh[#fresh + 1] = digests[j]
     end
   end
+  if #writes > 0 then
+    redis.call('HSET', key, unpack(writes))
+    redis.call('PEXPIREAT', key, gone_at)
+  end
 end
-push_all(prefix .. 'ids', fresh)
-push_all(prefix .. 'owned', owned)
-push_all(prefix .. 'borrowed', borrowed)
-for queue, q in pairs(jobs) do
-  push_all(prefix .. 'jobs:' .. queue, q)
-  redis.call('SADD', prefix .. 'queues', queue)
+if #fresh > 0 then
+  redis.call('RPUSH', prefix .. 'written', bucket .. ':' .. #fresh[1] .. ':' .. table.concat(fresh))
+  if ARGV[9] ~= '' then
+    redis.call('HSET', ARGV[8], 'records', ARGV[9])
+    redis.call('RPUSH', prefix .. 'chunks', ARGV[8])
+  end
 end
-return {#fresh, duplicates, counter}
+table.sort(seen)
+local answer = table.concat(seen, ',')
+redis.call('HSET', prefix .. 'staged', ARGV[7], answer)
+return answer
 """
 )
 
-# KEYS: [1] seen set, [2] inflight set, [3] commit counter, [4] rq:queues.
-# ARGV: batch prefix, batch member, dedup ttl (ms), counter when staging began, records
-# staged, rq job prefix, rq queue prefix.
-# Returns: records queued, records found committed meanwhile by another batch.
+# KEYS: [1] holder key, [2] inflight set, [3] reservations hash, [4] rq:queues.
+# ARGV: [1] member, [2] batch prefix, [3] rq job prefix, [4] rq queue prefix, [5] now (RQ
+# format), [6] job templates (a JSON array of flat field lists), [7] m, then m pairs
+# (chunk key, jobs reading it), [8 + 2m] d, then d chunk keys no job reads, then j, then j
+# times: template number, job id, queue, data, description.
+# Queues the chunk jobs and ends the batch. Returns 'ok'. (A commit whose answer was lost
+# and is sent again finds the batch ended: STAGING_LOST, answered 503; the sender's resend
+# then finds every record a duplicate.)
 COMMIT = (
     _LIB
     + """
-local prefix, member, ttl_ms = ARGV[1], ARGV[2], tonumber(ARGV[3])
-local job_prefix, queue_prefix = ARGV[6], ARGV[7]
-if not redis.call('ZSCORE', KEYS[2], member) then
-  return redis.error_reply('STAGING_LOST the batch was swept as abandoned')
+local member, prefix = ARGV[1], ARGV[2]
+if not holds(KEYS[1], KEYS[2], member) then return lost('the batch was swept as abandoned') end
+local a = 7
+local m = tonumber(ARGV[a]); a = a + 1
+for _ = 1, m do
+  redis.call('HSET', ARGV[a], 'refs', ARGV[a + 1]); a = a + 2
 end
-local ids = redis.call('LRANGE', prefix .. 'ids', 0, -1)
-if #ids ~= tonumber(ARGV[5]) then
-  return redis.error_reply('STAGING_LOST the batch holds ' .. #ids .. ' of ' .. ARGV[5] .. ' records')
+local d = tonumber(ARGV[a]); a = a + 1
+for _ = 1, d do
+  redis.call('UNLINK', ARGV[a]); a = a + 1
 end
--- Only if another batch committed since this one began staging can a staged record have
--- been marked seen meanwhile; then those records (and their jobs) are left out.
-local taken = {}
-if (redis.call('GET', KEYS[3]) or '0') ~= ARGV[4] then taken = live_ids(KEYS[1], ids) end
-local function mine(job_id) return not taken[event_of(job_id)] end
-local borrowed = {}
-for _, job_id in ipairs(redis.call('LRANGE', prefix .. 'borrowed', 0, -1)) do
-  if mine(job_id) then borrowed[#borrowed + 1] = job_prefix .. job_id end
+local templates = cjson.decode(ARGV[6])
+local now = ARGV[5]
+local j = tonumber(ARGV[a]); a = a + 1
+for _ = 1, j do
+  local template, job_id, queue = templates[tonumber(ARGV[a])], ARGV[a + 1], ARGV[a + 2]
+  redis.call('HSET', ARGV[3] .. job_id, 'data', ARGV[a + 3], 'description', ARGV[a + 4],
+    'created_at', now, 'enqueued_at', now, unpack(template))
+  redis.call('RPUSH', ARGV[4] .. queue, job_id)
+  redis.call('SADD', KEYS[4], ARGV[4] .. queue)
+  a = a + 5
 end
-for s = 1, #borrowed, STEP do
-  local stop = math.min(s + STEP - 1, #borrowed)
-  if redis.call('EXISTS', unpack(borrowed, s, stop)) ~= stop - s + 1 then
-    return redis.error_reply('STAGING_LOST a job hash shared with another batch was removed')
-  end
-end
-local expires, marks = now_ms + ttl_ms, {}
-for _, id in ipairs(ids) do
-  if not taken[id] then
-    marks[#marks + 1] = expires
-    marks[#marks + 1] = id
-  end
-end
-for s = 1, #marks, 2 * STEP do
-  redis.call('ZADD', KEYS[1], unpack(marks, s, math.min(s + 2 * STEP - 1, #marks)))
-end
-if #marks > 0 then redis.call('PEXPIRE', KEYS[1], ttl_ms + 60000) end
-for _, queue in ipairs(redis.call('SMEMBERS', prefix .. 'queues')) do
-  local q = redis.call('LRANGE', prefix .. 'jobs:' .. queue, 0, -1)
-  if next(taken) ~= nil then
-    local kept = {}
-    for _, job_id in ipairs(q) do if mine(job_id) then kept[#kept + 1] = job_id end end
-    q = kept
-  end
-  if #q > 0 then
-    push_all(queue_prefix .. queue, q)
-    redis.call('SADD', KEYS[4], queue_prefix .. queue)
-  end
-end
-redis.call('INCR', KEYS[3])
+redis.call('DEL', prefix .. 'written', prefix .. 'chunks', prefix .. 'staged')
+redis.call('DEL', KEYS[1])
 redis.call('ZREM', KEYS[2], member)
-redis.call('UNLINK', unpack(batch_keys(prefix)))
-return {#marks / 2, #ids - #marks / 2}
+redis.call('HDEL', KEYS[3], member)
+return 'ok'
 """
 )
 
-# KEYS: [1] seen set, [2] inflight set. ARGV: batch prefix, batch member, rq job prefix.
-# Drops up to STEP job hashes a call: those this batch created, unless their record was
-# marked seen meanwhile (a concurrent batch committed it: a live job now); with the last
-# call, the batch's own keys. Returns 1 while there is more to drop.
+# KEYS: [1] holder key, [2] inflight set, [3] reservations hash.
+# ARGV: [1] member, [2] batch prefix, [3] seen prefix, [4] parts, [5] '1' to discard the
+# caller's own batch, '0' to sweep one found abandoned.
+# One step per call: first the batch leaves the inflight set (it can stage and commit no
+# more), then the marks of one staged chunk, then up to 100 chunk blobs, then the rest.
+# The connector stays held until the last step, so no batch of it reads marks that are
+# being removed. Returns 1 while there is more to do, 0 when done, -1 when a batch to
+# sweep turned out alive (its deadline moved on).
 DISCARD = (
     _LIB
     + """
-local prefix = ARGV[1]
-redis.call('ZREM', KEYS[2], ARGV[2])
-local owned = redis.call('LPOP', prefix .. 'owned', STEP)
-if not owned then
-  redis.call('UNLINK', unpack(batch_keys(prefix)))
-  return 0
+local member, prefix = ARGV[1], ARGV[2]
+if ARGV[5] == '0' then
+  local deadline = redis.call('ZSCORE', KEYS[2], member)
+  if deadline and tonumber(deadline) > now_ms then return -1 end
 end
-local ids = {}
-for i, job_id in ipairs(owned) do ids[i] = event_of(job_id) end
-local taken = live_ids(KEYS[1], ids)
-local doomed = {}
-for i, job_id in ipairs(owned) do
-  if not taken[ids[i]] then doomed[#doomed + 1] = ARGV[3] .. job_id end
+redis.call('ZREM', KEYS[2], member)
+local entry = redis.call('LPOP', prefix .. 'written')
+if entry then
+  local parts = tonumber(ARGV[4])
+  local colon = string.find(entry, ':', 1, true)
+  local second = string.find(entry, ':', colon + 1, true)
+  local head = ARGV[3] .. string.sub(entry, 1, colon - 1) .. ':'
+  local size = tonumber(string.sub(entry, colon + 1, second - 1))
+  local groups = {}
+  for i = second + 1, #entry, size do
+    local digest = string.sub(entry, i, i + size - 1)
+    local part = part_of(digest, parts)
+    local group = groups[part]
+    if not group then group = {}; groups[part] = group end
+    group[#group + 1] = digest
+  end
+  for part, digests in pairs(groups) do redis.call('HDEL', head .. part, unpack(digests)) end
+  return 1
 end
-if #doomed > 0 then redis.call('UNLINK', unpack(doomed)) end
-return 1
+local chunks = redis.call('LPOP', prefix .. 'chunks', 100)
+if chunks then
+  redis.call('UNLINK', unpack(chunks))
+  return 1
+end
+redis.call('DEL', prefix .. 'staged')
+if redis.call('GET', KEYS[1]) == member then redis.call('DEL', KEYS[1]) end
+redis.call('HDEL', KEYS[3], member)
+return 0
 """
 )
 
@@ -215,3 +221,11 @@ STALE = (
 return redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now_ms, 'LIMIT', 0, tonumber(ARGV[1]))
 """
 )
+
+# KEYS: [1] a chunk key. Called by each job of the chunk when it is done with it; the
+# last one removes it. Returns the jobs still reading it.
+RELEASE = """
+local left = redis.call('HINCRBY', KEYS[1], 'refs', -1)
+if left <= 0 then redis.call('UNLINK', KEYS[1]) end
+return left
+"""

@@ -1,300 +1,254 @@
-"""Storing an Osmos batch all-or-nothing, in chunks, without blocking Redis for long.
+"""Storing an Osmos batch all-or-nothing, compactly, without holding Redis for long.
 
-A batch of up to 250,000 records is too big for one atomic Redis step (building it would
-hold the event loop, running it would hold Redis, for seconds), so it is stored in phases:
+A batch of up to 250,000 records may take at most 2 × its body's bytes + 100 bytes per
+record of Redis (docs/contract.md, "Osmos storage budget"), and Redis must never be busy
+with it for long at a stretch. So records are kept in chunks, not one job per record:
 
-1. **Stage**, chunk by chunk (a few thousand records per script call, a few ms of Redis
-   each). A record whose id is marked seen is a duplicate and is skipped. For the others
-   the RQ job hashes are written at their final keys (`rq:job:<id>`) and the batch's own
-   lists note the records and their job ids. No queue holds those ids and no dedup mark
-   names them, so no worker sees them. A job hash that already exists (a concurrent batch
-   staged the same record, or an older copy of the job is still around) is rewritten with
-   the same content and noted as borrowed.
-2. **Commit**, one script: it leaves out records that a concurrent batch committed
-   meanwhile, checks that borrowed job hashes are still there (otherwise it writes nothing
-   and the request answers 503), then marks the records seen and pushes the job ids onto
-   their queues, with bulk commands only (about 4 µs a record on a slow machine: ~1 s for
-   250,000). The end state is `dedup.py`'s for a webhook: never marked without its jobs.
+- **Chunks.** About 1,000 records per chunk: their canonical JSON, one per line,
+  compressed (zlib) and, with encryption keys, sealed; one hash per chunk
+  (`osmos_chunk_key`: `records`, and `refs`, the jobs that still read it).
+- **Jobs.** One RQ job per (chunk, matching route), which runs the route's handler for
+  each of the chunk's records (`worker/osmos.py`); a record that fails leaves the chunk
+  as a job of its own, with the usual retries (`osmos_chunks.py`).
+- **Dedup marks.** In hashes per connector, time bucket and part (`batch_scripts.py`): a
+  field per record, the record's id digest (8 or 16 bytes), its value the expiry.
 
-Nothing half-stored: a batch that fails answers 4xx/5xx and discards what it staged (the
-job hashes it created, of records nobody committed). A receiver that dies mid-batch leaves
-staged hashes behind, invisible; every batch is listed with a deadline in
-`osma_router:osmos:inflight` (pushed forward at each chunk), and the next batch to arrive,
-on any receiver, sweeps batches past their deadline. Staged hashes carry no TTL on purpose:
-removing 250,000 TTLs in the commit would double its time.
+Storing happens in three steps, each one short Redis script:
 
-Dedup marks of a connector live in one sorted set, `osma_router:osmos:seen:<connector>`:
-member the event id, score the time (ms, Redis's clock) the mark expires, so a batch is
-checked and marked with bulk commands; expired members are trimmed as batches are staged.
-A counter per connector, bumped by every commit, tells the commit whether any batch
-committed since this one began staging; only then does it re-check its records.
+1. **Begin.** One batch per connector is stored at a time: the batch takes the
+   connector (its holder key) and is listed in `osma_router:osmos:inflight` with a
+   deadline. Here the memory budget is checked: Redis's used memory, plus what batches
+   being stored have reserved, plus this batch's bound must stay within the budget, or
+   the batch is refused before anything is written (503). Another batch of the
+   connector being stored means wait; one abandoned means discard it first.
+2. **Stage**, a chunk per call (a few ms of Redis each): records already marked live are
+   duplicates; the others are marked, and the chunk blob is written. No batch of the
+   connector can read the new marks before this one ends, and no job names the blob yet.
+3. **Commit**: the chunk jobs are written and queued, and the connector is free again.
+   About one job per 1,000 records: a few ms for a 250,000-record batch.
 
-The job hashes are RQ's own (route templates from `JobBuilder`) and the job data is
-`JobBuilder.build`'s, laid out once per route around placeholders and filled in by the
-staging script, so per record only the event id and the event body cross the wire. The
-scripts are in `batch_scripts.py`.
+A batch that fails before its commit is discarded (`Batch.discard`): it leaves the
+inflight set first, so it can stage and commit no more, then its marks and blobs are
+removed a chunk per call, and only then is the connector free. A receiver that dies
+mid-batch leaves its batch behind; the next batch of the connector, or any batch's
+`sweep`, discards it once its deadline (pushed forward at each chunk) has passed.
 """
 
 from __future__ import annotations
 
 import asyncio
-import copy
 import os
-import re
+import random
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any
 
 import orjson
 from redis.asyncio import Redis as AsyncRedis
 from redis.exceptions import ResponseError
 
-from ..crypto import Sealer
-from ..exceptions import StagingLost
+from ..exceptions import OverBudget, StagingLost, StoreError
 from ..keys import (
     OSMOS_INFLIGHT_KEY,
+    OSMOS_RESERVED_KEY,
     RQ_JOB_PREFIX,
     RQ_QUEUE_PREFIX,
     RQ_QUEUES_KEY,
     osmos_batch_prefix,
-    osmos_commits_key,
-    osmos_seen_key,
+    osmos_holder_key,
+    osmos_seen_prefix,
 )
-from ..model.connectors import SOURCE
-from ..model.routes import Route
 from . import batch_scripts as scripts
 from .dedup import rq_timestamp
-from .enqueue import JobBuilder
+from .enqueue import JobWrite
 
-STAGING_DEADLINE = 900  # seconds a batch may go without staging a chunk before it is swept
-JOB_ID_HEAD = f"{SOURCE}_e-"  # routes.job_id: "<source>_e-<event id>_<route key>"
-_JOB_ID_TAIL = re.compile(r"_[^_]+\Z")
-_ID_PLACEHOLDER = "OSMOSEVENTIDPLACEHOLDER"
-_BODY_PLACEHOLDER = b"OSMOS-BODY-PLACEHOLDER"
+STAGING_DEADLINE = 60  # seconds a batch may go without a step before it counts as abandoned
+BUSY_WAIT = 120.0  # seconds a batch waits for another batch of its connector to end
+SEEN_PARTS = 1024  # dedup mark hashes per connector and time bucket
+RETRY_AFTER = 30  # seconds, in the answer to a batch over the budget
+_POLL = (0.05, 0.25)  # seconds between two looks at a busy connector, at random
+
+
+def budget_arguments(budget: str) -> tuple[int, float]:
+    """`OSMA_ROUTER_OSMOS_REDIS_BUDGET` as the begin script takes it: (bytes, percent of
+    maxmemory); 0 means none. The setting is checked at start-up (`settings.py`)."""
+    text = budget.strip()
+    if text.endswith("%"):
+        return 0, float(text[:-1])
+    return int(text), 0.0
+
+
+def growth_bound(body_bytes: int, records: int) -> int:
+    """The most an accepted batch may add to Redis (docs/contract.md)."""
+    return 2 * body_bytes + 100 * records
 
 
 @dataclass(frozen=True)
-class RouteLayout:
-    """One route's job, around the two things that vary per record: event id and body."""
-
-    job_id_head: str
-    job_id_tail: str
-    queue: str
-    description: str
-    data_head: bytes
-    data_middle: bytes
-    data_tail: bytes
-    fields: Sequence[bytes | str | int | float]
-
-    def job_id(self, event_id: str) -> str:
-        return f"{self.job_id_head}{event_id}{self.job_id_tail}"
-
-    def data(self, event_id: str, body_value: bytes) -> bytes:
-        """The job data, given the event body as it sits in the spec (see `EventCoder`)."""
-        return self.data_head + event_id.encode() + self.data_middle + body_value + self.data_tail
-
-    def as_args(self) -> list[bytes | str | int | float]:
-        return [
-            self.job_id_head,
-            self.job_id_tail,
-            self.queue,
-            self.description,
-            self.data_head,
-            self.data_middle,
-            self.data_tail,
-            len(self.fields),
-            *self.fields,
-        ]
-
-
-def lay_out_route(
-    builder: JobBuilder, event_type: str, received_at: datetime, route: Route, sealed: bool
-) -> RouteLayout:
-    """Split `builder.build`'s job for `route` around placeholders (built unsealed)."""
-    plain = copy.copy(builder)
-    plain.sealer = None
-    (write,) = plain.build(SOURCE, _ID_PLACEHOLDER, event_type, _BODY_PLACEHOLDER, received_at, [route])
-    job_head, job_tail = write.job_id.split(_ID_PLACEHOLDER)
-    if job_head != JOB_ID_HEAD or not _JOB_ID_TAIL.match(job_tail):
-        # The scripts read a job's event id back from its id (batch_scripts.py).
-        raise RuntimeError(f"unexpected job id layout {write.job_id!r}: update batch_scripts.py")
-    data_head, rest = write.data.split(_ID_PLACEHOLDER.encode())
-    body_field = b'"body":"' + _BODY_PLACEHOLDER + b'"'
-    middle, tail = rest.split(body_field)
-    if sealed:
-        middle, tail = middle + b'"sealed":"', b'"' + tail
-    else:
-        middle = middle + b'"body":'
-    return RouteLayout(
-        job_head,
-        job_tail,
-        write.queue,
-        write.description,
-        data_head,
-        middle,
-        tail,
-        builder.templates[write.template],
-    )
-
-
-class EventCoder:
-    """Turns a record into its event body, as the job spec carries it."""
-
-    def __init__(self, event_type: str, received_at: datetime, sealer: Sealer | None) -> None:
-        self.sealer = sealer
-        created = received_at.astimezone(UTC).isoformat()
-        self.head = b'{"id":"'
-        self.middle = (
-            b'","type":'
-            + orjson.dumps(event_type)
-            + b',"object":"event","created_at":'
-            + orjson.dumps(created)
-            + b',"data":{"object":'
-        )
-
-    def event(self, event_id: str, canonical: bytes) -> bytes:
-        """`{"id", "type", "object", "created_at", "data": {"object": record}}` as JSON."""
-        return self.head + event_id.encode() + self.middle + canonical + b"}}"
-
-    def body_value(self, event: bytes) -> bytes:
-        """The spec's `body` (a JSON string) or, with encryption keys, its `sealed` token."""
-        if self.sealer is not None:
-            return self.sealer.seal(event).encode("ascii")
-        return orjson.dumps(event.decode("utf-8"))
-
-
-@dataclass
 class StagedChunk:
-    """One chunk's records, as the staging script takes them: an event id, an event body
-    and (when routes have `where`) the numbers of the matching routes, per record."""
+    """One chunk as the stage script takes it."""
 
-    ids: list[str]
-    bodies: list[bytes]
-    routes: list[str] | None  # None: every route for every record
-    duplicates: int = 0  # records left out: the same record came earlier in the batch
+    number: int
+    key: str
+    digests: Sequence[bytes]  # one per record, in order
+    blob: bytes  # b"": no job will read the chunk (no route matches any of its records)
 
 
 @dataclass(frozen=True)
 class BatchOutcome:
-    """What the commit did: records newly queued, and records already seen."""
+    """What a stored batch did: records newly stored, and records left out as duplicates."""
 
     fresh: int
     duplicates: int
 
 
 class BatchStore:
-    """Stages chunks of one batch and commits them in one short atomic step."""
+    """Opens batches of a connector; see the module docstring."""
 
     def __init__(
-        self, redis: AsyncRedis, dedup_ttl: float, *, staging_deadline: int = STAGING_DEADLINE
+        self,
+        redis: AsyncRedis,
+        dedup_ttl: float,
+        budget: str = "0",
+        *,
+        staging_deadline: int = STAGING_DEADLINE,
+        busy_wait: float = BUSY_WAIT,
     ) -> None:
         self.redis = redis
-        self.ttl_ms = max(1, round(dedup_ttl * 1000))
+        self.window_ms = max(1, round(dedup_ttl * 1000))
+        self.budget = budget_arguments(budget)
         self.staging_deadline = staging_deadline
+        self.busy_wait = busy_wait
+        self._begin = redis.register_script(scripts.BEGIN)
         self._stage = redis.register_script(scripts.STAGE)
         self._commit = redis.register_script(scripts.COMMIT)
         self._discard = redis.register_script(scripts.DISCARD)
         self._stale = redis.register_script(scripts.STALE)
 
-    def open(self, connector: str, layouts: Sequence[RouteLayout], client: AsyncRedis | None = None) -> Batch:
-        """A new batch for `connector`, whose records get one job per layout (route).
-
-        `client`: the connection to run it on (a big batch's commit may take longer than
-        the receiver's usual Redis timeout); by default the store's.
-        """
-        return Batch(self, connector, os.urandom(12).hex(), layouts, client or self.redis)
+    def open(self, connector: str, client: AsyncRedis | None = None) -> Batch:
+        """A new batch for `connector`; `client`: the connection to run it on (by default
+        the store's)."""
+        return Batch(self, f"{connector}:{os.urandom(12).hex()}", client or self.redis)
 
     async def sweep(self, *, limit: int = 10) -> int:
         """Discard up to `limit` batches abandoned past their deadline; how many there were."""
         stale = await self._stale(keys=[OSMOS_INFLIGHT_KEY], args=[limit])
         for member in stale:
-            connector, _, batch_id = member.decode().partition(":")
-            await Batch(self, connector, batch_id).discard()
+            await Batch(self, member.decode(), self.redis).discard(own=False)
         return len(stale)
 
 
 class Batch:
-    """One batch being stored: `stage()` its chunks, then `commit()` or `discard()`."""
+    """One batch being stored: `begin()`, `stage()` its chunks, then `commit()`, or
+    `discard()`. Its id is `member`: `<connector>:<batch id>`."""
 
-    def __init__(
-        self,
-        store: BatchStore,
-        connector: str,
-        batch_id: str,
-        layouts: Sequence[RouteLayout] = (),
-        client: AsyncRedis | None = None,
-    ) -> None:
+    def __init__(self, store: BatchStore, member: str, client: AsyncRedis) -> None:
         self.store = store
-        self.client = client or store.redis
-        self.member = f"{connector}:{batch_id}"
-        self.prefix = osmos_batch_prefix(self.member)
-        self.seen = osmos_seen_key(connector)
-        self.commits = osmos_commits_key(connector)
-        self.staged_records = 0
+        self.client = client
+        self.member = member
+        self.connector, _, self.batch_id = member.partition(":")
+        self.prefix = osmos_batch_prefix(member)
+        self.holder = osmos_holder_key(self.connector)
+        self.seen = osmos_seen_prefix(self.connector)
         self.duplicates = 0
-        self._counter: bytes | None = None
-        self._route_args: list[bytes | str | int | float] = [len(layouts)]
-        for layout in layouts:
-            self._route_args.extend(layout.as_args())
-        self._now = rq_timestamp()
 
-    async def stage(self, chunk: StagedChunk) -> None:
-        """Write one chunk's job hashes and its share of the batch's lists."""
-        self.duplicates += chunk.duplicates
-        if not chunk.ids:
-            return
-        first = self._counter is None
-        args = [
-            self.prefix,
-            self.member,
-            "1" if first else "0",
-            self._now,
-            RQ_JOB_PREFIX,
-            self.store.staging_deadline,
-            *self._route_args,
-            len(chunk.ids),
-            *chunk.ids,
-            *chunk.bodies,
-            *(chunk.routes if chunk.routes is not None else ["*"]),
-        ]
-        staged, duplicates, counter = await self._run(
-            self.store._stage, [self.seen, OSMOS_INFLIGHT_KEY, self.commits], args
-        )
-        if first:
-            self._counter = counter
-        self.staged_records += int(staged)
-        self.duplicates += int(duplicates)
+    async def begin(self, estimate: int) -> None:
+        """Take the connector and reserve `estimate` bytes of the budget; `OverBudget`
+        when they do not fit, `StoreError` when the connector stays busy too long."""
+        store = self.store
+        budget_bytes, budget_percent = store.budget
+        deadline = time.monotonic() + store.busy_wait
+        while True:
+            answer = await self._run(
+                store._begin,
+                [self.holder, OSMOS_INFLIGHT_KEY, OSMOS_RESERVED_KEY],
+                [self.member, store.staging_deadline, estimate, budget_bytes, budget_percent],
+            )
+            state = answer[0].decode()
+            if state == "ok":
+                return
+            if state == "over":
+                raise OverBudget(
+                    "Redis is at its memory budget for Osmos batches; nothing was stored, retry later",
+                    retry_after=RETRY_AFTER,
+                )
+            if state == "stale":
+                await Batch(store, answer[1].decode(), self.client).discard(own=False)
+                continue
+            if time.monotonic() > deadline:
+                raise StoreError(f"another batch of connector {self.connector!r} is still being stored")
+            await asyncio.sleep(random.uniform(*_POLL))
 
-    async def commit(self) -> BatchOutcome:
-        """Queue every staged record not committed meanwhile by another batch; all or none."""
-        if self.staged_records == 0:  # an empty batch, or nothing but duplicates
-            if self._counter is not None:
-                await self.discard()
-            return BatchOutcome(0, self.duplicates)
-        fresh, duplicates = await self._run(
-            self.store._commit,
-            [self.seen, OSMOS_INFLIGHT_KEY, self.commits, RQ_QUEUES_KEY],
+    async def stage(self, chunk: StagedChunk) -> list[int]:
+        """Mark the chunk's new records seen and write its blob; the positions of the
+        records that were already seen (duplicates: no job runs them)."""
+        store = self.store
+        answer = await self._run(
+            store._stage,
+            [self.holder, OSMOS_INFLIGHT_KEY],
             [
-                self.prefix,
                 self.member,
-                self.store.ttl_ms,
-                self._counter,
-                self.staged_records,
-                RQ_JOB_PREFIX,
-                RQ_QUEUE_PREFIX,
+                self.prefix,
+                store.staging_deadline,
+                self.seen,
+                store.window_ms,
+                SEEN_PARTS,
+                chunk.number,
+                chunk.key,
+                chunk.blob,
+                len(chunk.digests),
+                *chunk.digests,
             ],
         )
-        return BatchOutcome(int(fresh), self.duplicates + int(duplicates))
+        seen = [int(position) for position in answer.split(b",")] if answer else []
+        self.duplicates += len(seen)
+        return seen
 
-    async def discard(self, *, max_calls: int = 1_000) -> None:
-        """Drop what this batch staged, a chunk per call."""
+    async def commit(
+        self,
+        templates: bytes,
+        readers: Sequence[tuple[str, int]],
+        unread: Sequence[str],
+        jobs: Sequence[JobWrite],
+    ) -> None:
+        """Queue the chunk jobs and end the batch, in one step.
+
+        `templates`: the job hash templates as one JSON array (`JobWrite.template` counts
+        from 0 into it); `readers`: (chunk key, jobs that read it); `unread`: chunk keys
+        no job reads (every record matched by a route was a duplicate).
+        """
+        args: list[Any] = [
+            self.member,
+            self.prefix,
+            RQ_JOB_PREFIX,
+            RQ_QUEUE_PREFIX,
+            rq_timestamp(),
+            templates,
+        ]
+        args.append(len(readers))
+        for key, count in readers:
+            args.extend((key, count))
+        args.append(len(unread))
+        args.extend(unread)
+        args.append(len(jobs))
+        for job in jobs:
+            args.extend((job.template + 1, job.job_id, job.queue, job.data, job.description))
+        await self._run(
+            self.store._commit, [self.holder, OSMOS_INFLIGHT_KEY, OSMOS_RESERVED_KEY, RQ_QUEUES_KEY], args
+        )
+
+    async def discard(self, *, own: bool = True, max_calls: int = 100_000) -> None:
+        """Remove what the batch staged, a chunk per call (see the module docstring).
+
+        `own=False`: a batch found abandoned, left alone if it turns out alive.
+        """
         for _ in range(max_calls):
-            if not await self._run(
+            step = await self._run(
                 self.store._discard,
-                [self.seen, OSMOS_INFLIGHT_KEY],
-                [self.prefix, self.member, RQ_JOB_PREFIX],
-            ):
+                [self.holder, OSMOS_INFLIGHT_KEY, OSMOS_RESERVED_KEY],
+                [self.member, self.prefix, self.seen, SEEN_PARTS, "1" if own else "0"],
+            )
+            if step != 1:
                 return
             await asyncio.sleep(0)
 
@@ -305,3 +259,11 @@ class Batch:
             if str(exc).startswith("STAGING_LOST"):
                 raise StagingLost(str(exc).removeprefix("STAGING_LOST ")) from None
             raise
+
+
+def templates_json(templates: Sequence[Sequence[bytes | str | int | float]]) -> bytes:
+    """Job hash templates as the commit script takes them (values as strings: Lua would
+    turn JSON numbers into floats)."""
+    return orjson.dumps(
+        [[v.decode() if isinstance(v, bytes) else str(v) for v in fields] for fields in templates]
+    )

@@ -18,8 +18,17 @@ def error_body(error_type: str, message: str) -> bytes:
     return orjson.dumps({"error": {"type": error_type, "message": message}})
 
 
-async def send_json(send: Send, status: int, body: bytes, request_id: str, *, close: bool = False) -> None:
-    """`close`: end the connection after this answer (a body left half-read behind it)."""
+async def send_json(
+    send: Send,
+    status: int,
+    body: bytes,
+    request_id: str,
+    *,
+    close: bool = False,
+    headers: list[tuple[bytes, bytes]] | None = None,
+) -> None:
+    """`close`: end the connection after this answer (a body left half-read behind it);
+    `headers`: more headers (`Retry-After`)."""
     await send(
         {
             "type": "http.response.start",
@@ -29,6 +38,7 @@ async def send_json(send: Send, status: int, body: bytes, request_id: str, *, cl
                 (b"content-length", b"%d" % len(body)),  # else uvicorn answers chunked
                 (b"x-request-id", request_id.encode()),
                 *([(b"connection", b"close")] if close else []),
+                *(headers or []),
             ],
         }
     )

@@ -2,15 +2,16 @@
 
 Checks run in this order and the first failure answers (docs/contract.md, "Errors"): connector
 known (404), auth header (401), content type (415), body size while it streams in (413),
-JSON (400), shape and record count (422 / 413 `too_many_records`), schema (422). Then the
-records become events and are stored by `batches.Batch`: staged chunk by chunk, committed
-in one short atomic step; a Redis failure anywhere answers 503 with nothing queued.
+JSON, shape and record count, slice by slice (400 / 422 / 413 `too_many_records`), schema
+(422), the Redis memory budget for batches (503 with `Retry-After`). Then the records are
+stored by `store.batches.Batch`; a Redis failure anywhere answers 503 with nothing queued.
 
-Memory: the body is read into one buffer, parsed once, and dropped; each record is released
-as soon as its event is built, so a batch is held about once (measured in bench/osmos.py).
-The event loop is handed back between validation slices and staging chunks, so webhooks
-keep flowing while a big batch is ingested, and Redis stages one chunk while the next is
-built.
+Memory: a big body (over 4 MiB, or of unknown length) waits for the process's one large
+batch slot before it is read, so a process reads and holds one big batch at a time. The
+body is parsed a slice at a time (`model.osmos_body`), twice: once to count and check the
+records, once to store them; at most one slice of records is held as objects at a time.
+The event loop is handed back between slices and chunks, so webhooks keep flowing, and
+Redis stages one chunk while the next is built.
 """
 
 from __future__ import annotations
@@ -19,7 +20,8 @@ import asyncio
 import contextlib
 import logging
 import os
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -30,33 +32,27 @@ from starlette.types import Receive, Scope, Send
 from ..exceptions import (
     HTTPFacingError,
     InvalidRecords,
-    PayloadError,
+    OverBudget,
     StoreUnavailable,
-    TooManyRecords,
     Unauthorized,
     UnknownConnector,
     UnsupportedMediaType,
 )
-from ..model.connectors import (
-    MAX_RECORDS,
-    SOURCE,
-    Connector,
-    RecordError,
-    RecordValidator,
-    ValidationReport,
-    event_id_function,
-)
-from ..model.routes import Route, RouteTable
-from ..store.batches import Batch, BatchOutcome, BatchStore, EventCoder, StagedChunk, lay_out_route
+from ..keys import osmos_chunk_key
+from ..model.connectors import SOURCE, Connector, RecordError, RecordIds, RecordValidator, ValidationReport
+from ..model.osmos_body import OsmosBody
+from ..model.routes import Route
+from ..store.batches import Batch, BatchOutcome, BatchStore, StagedChunk, growth_bound, templates_json
 from ..store.connection import UNAVAILABLE, connect_async
+from ..store.enqueue import JobWrite
+from ..store.osmos_chunks import ChunkJobs, pack_records
 from .asgi import error_body, header, read_body, send_json
 from .state import ReceiverState
 
 log = logging.getLogger("osma_router.osmos")
 
-CHUNK_RECORDS = 1_000  # records per staging script call: ~10 ms of Redis time on a slow machine
-VALIDATE_SLICE = 10_000  # records validated between two yields to the event loop
-LARGE_BODY = 4 * 1_048_576  # bodies above this are ingested one at a time per process
+CHUNK_RECORDS = 1_000  # records per chunk: one blob, one job per route, a few ms of Redis to stage
+LARGE_BODY = 4 * 1_048_576  # bodies above this (or of unknown length) are read one at a time per process
 
 
 def check_media_type(value: bytes | None) -> None:
@@ -65,23 +61,9 @@ def check_media_type(value: bytes | None) -> None:
         raise UnsupportedMediaType("the body must be sent as Content-Type: application/json")
 
 
-def parse_records(body: bytes | bytearray) -> list[Any]:
-    """The records of a body: one JSON object, or an array of at most `MAX_RECORDS`."""
-    try:
-        parsed = orjson.loads(body)
-    except orjson.JSONDecodeError as exc:
-        raise PayloadError(f"the body is not valid JSON: {exc.msg}", error_type="invalid_json") from None
-    if isinstance(parsed, dict):
-        return [parsed]
-    if isinstance(parsed, list):
-        if len(parsed) > MAX_RECORDS:
-            raise TooManyRecords(
-                f"the batch holds {len(parsed)} records; at most {MAX_RECORDS} are accepted at once"
-            )
-        return parsed
-    report = ValidationReport()
-    report.add(RecordError(None, None, "the body must be a JSON object (one record) or an array of objects"))
-    raise report.rejection("the body is not a record or an array of records; nothing was stored")
+def declared_length(scope: Scope) -> int | None:
+    value = header(scope, b"content-length")
+    return int(value) if value is not None and value.isdigit() else None
 
 
 class OsmosIngest:
@@ -93,7 +75,8 @@ class OsmosIngest:
         self.state = state
         self.connectors: Mapping[str, Connector] = state.connectors
         self.validators = {name: c.validator() for name, c in self.connectors.items()}
-        self.store = BatchStore(state.redis, state.settings.dedup_ttl)
+        settings = state.settings
+        self.store = BatchStore(state.redis, settings.dedup_ttl, settings.osmos_redis_budget)
         self._large = asyncio.Semaphore(1)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -108,35 +91,18 @@ class OsmosIngest:
             if not connector.authorized(header(scope, connector.header_key)):
                 raise Unauthorized(f"the {connector.header} header is missing or wrong")
             check_media_type(header(scope, b"content-type"))
-            # No body deadline here: a 256 MiB batch may rightly take a while to upload.
-            body = await read_body(scope, receive, state.settings.osmos_max_body_bytes)
-            received_at = datetime.fromtimestamp(state.clock(), UTC)
-            async with self._gate(len(body)):
-                records = parse_records(body)
-                del body  # the parsed records are the one copy from here on
-                count = len(records)
+            async with self._gate(declared_length(scope)):
+                # No body deadline here: a 256 MiB batch may rightly take a while to upload.
+                body = await read_body(scope, receive, state.settings.osmos_max_body_bytes)
+                received_at = datetime.fromtimestamp(state.clock(), UTC)
+                records = OsmosBody(body)
                 await self._validate(self.validators[name], records)
-                outcome = await self._store(connector, records, received_at, request_id)
+                count = records.count
+                outcome = await self._store(connector, records, len(body), received_at, request_id)
         except ConnectionAbortedError:
             return
         except HTTPFacingError as exc:
-            if exc.status_code < 500:
-                state.metrics.deliveries.labels(self.source, "rejected", exc.error_type).inc()
-            log.info(
-                "osmos batch rejected",
-                extra={
-                    "request_id": request_id,
-                    "connector": name[:64],
-                    "source": self.source,
-                    "records": count,
-                    "status": exc.status_code,
-                    "error_type": exc.error_type,
-                },
-            )
-            answer = (
-                exc.body() if isinstance(exc, InvalidRecords) else error_body(exc.error_type, exc.message)
-            )
-            await send_json(send, exc.status_code, answer, request_id)
+            await self._refuse(send, exc, name, count, request_id)
             return
         state.metrics.deliveries.labels(self.source, "accepted", "").inc(outcome.fresh)
         state.metrics.deliveries.labels(self.source, "duplicate", "").inc(outcome.duplicates)
@@ -153,62 +119,95 @@ class OsmosIngest:
             )
         await send_json(send, 202, orjson.dumps({"status": "accepted", "records": count}), request_id)
 
+    async def _refuse(
+        self, send: Send, exc: HTTPFacingError, name: str, count: int | None, request_id: str
+    ) -> None:
+        if exc.status_code < 500:
+            self.state.metrics.deliveries.labels(self.source, "rejected", exc.error_type).inc()
+        log.log(
+            logging.WARNING if isinstance(exc, OverBudget) else logging.INFO,
+            "osmos batch rejected",
+            extra={
+                "request_id": request_id,
+                "connector": name[:64],
+                "source": self.source,
+                "records": count,
+                "status": exc.status_code,
+                "error_type": exc.error_type,
+            },
+        )
+        answer = exc.body() if isinstance(exc, InvalidRecords) else error_body(exc.error_type, exc.message)
+        headers = [(b"retry-after", b"%d" % exc.retry_after)] if isinstance(exc, OverBudget) else None
+        await send_json(send, exc.status_code, answer, request_id, headers=headers)
+
     @contextlib.asynccontextmanager
-    async def _gate(self, size: int) -> AsyncIterator[None]:
-        # Two 250k batches at once would hold two parsed batches: take big ones in turn.
-        if size <= LARGE_BODY:
+    async def _gate(self, length: int | None) -> AsyncIterator[None]:
+        # Two 250k batches at once would hold two bodies and two slices: take big ones in
+        # turn, and before reading them (the rest waits in the socket, not in memory).
+        if length is not None and length <= LARGE_BODY:
             yield
             return
         async with self._large:
             yield
 
-    async def _validate(self, validator: RecordValidator, records: Sequence[Any]) -> None:
+    async def _validate(self, validator: RecordValidator, body: OsmosBody) -> None:
         report = ValidationReport()
-        for start in range(0, len(records), VALIDATE_SLICE):
-            validator.validate(records, start, start + VALIDATE_SLICE, report)
+        check = validator.check
+        for offset, records in body.slices():
+            for index, record in enumerate(records, start=offset):
+                check(index, record, report)
             await asyncio.sleep(0)
         if report:
             raise report.rejection(
-                f"{report.bad_records} of {len(records)} record(s) break the connector's schema; "
+                f"{report.bad_records} of {body.count} record(s) break the connector's schema; "
                 "nothing was stored"
             )
 
     async def _store(
-        self, connector: Connector, records: list[Any], received_at: datetime, request_id: str
+        self, connector: Connector, body: OsmosBody, body_bytes: int, received_at: datetime, request_id: str
     ) -> BatchOutcome:
-        builder = self.state.pipeline.builder
-        routes = self.state.pipeline.router.routes_for_type(connector.event_type)
-        layouts = [
-            lay_out_route(builder, connector.event_type, received_at, route, builder.sealer is not None)
-            for route in routes
-        ]
-        events = RecordEvents(
-            connector,
-            self.state.pipeline.router,
+        state = self.state
+        routes = state.pipeline.router.routes_for_type(connector.event_type)
+        sealer = state.pipeline.builder.sealer
+        jobs = ChunkJobs(
+            state.pipeline.builder,
             routes,
-            EventCoder(connector.event_type, received_at, builder.sealer),
+            connector.name,
+            connector.key,
+            connector.event_type,
+            received_at,
+            sealer is not None,
         )
-        async with self._client_for(len(records)) as client:
-            batch = self.store.open(connector.name, layouts, client)
+        async with self._client_for(body.count) as client:
+            batch = self.store.open(connector.name, client)
+            chunks = RecordChunks(RecordIds(connector.name, connector.key), routes, batch.member, sealer)
             pending: asyncio.Future[None] | None = None
             try:
-                await self.store.sweep()  # batches a dead receiver left half-staged
-                for start in range(0, len(records), CHUNK_RECORDS):
-                    chunk = events.chunk(records, start, CHUNK_RECORDS)
-                    if pending is not None:
-                        await pending
-                    pending = asyncio.ensure_future(batch.stage(chunk))
-                    await asyncio.sleep(0)  # let the chunk go out while the next one is built
+                await self.store.sweep()  # batches a dead receiver left half-stored
+                await batch.begin(growth_bound(body_bytes, body.count))
+                for offset, records in body.slices():
+                    for chunk in chunks.add(records, offset):
+                        if pending is not None:
+                            await pending
+                        pending = asyncio.ensure_future(self._stage(batch, chunks, chunk))
+                        await asyncio.sleep(0)  # let the chunk go out while the next one is built
+                last = chunks.finish()
                 if pending is not None:
                     await pending
-                return await batch.commit()
-            except InvalidRecords:
+                if last is not None:
+                    await self._stage(batch, chunks, last)
+                await chunks.commit(batch, jobs)
+                duplicates = chunks.duplicates + batch.duplicates
+                return BatchOutcome(body.count - duplicates, duplicates)
+            except Unencodable as exc:
                 await self._abandon(batch, pending, request_id)
-                raise
+                raise unencodable(body, exc.index) from None
+            except OverBudget:
+                raise  # refused before anything was stored
             except UNAVAILABLE as exc:  # nothing was queued
                 await self._abandon(batch, pending, request_id)
                 log.warning(
-                    "could not store an osmos batch; answering 503 so the sender retries",
+                    "could not store an osmos batch; answering 503",
                     extra={
                         "request_id": request_id,
                         "connector": connector.name,
@@ -217,10 +216,14 @@ class OsmosIngest:
                 )
                 raise StoreUnavailable("the event store is unavailable; retry later") from None
 
+    @staticmethod
+    async def _stage(batch: Batch, chunks: RecordChunks, chunk: StagedChunk) -> None:
+        chunks.seen[chunk.number] = await batch.stage(chunk)
+
     @contextlib.asynccontextmanager
     async def _client_for(self, count: int) -> AsyncIterator[AsyncRedis]:
-        """The receiver's Redis client, or for a multi-chunk batch one of its own whose
-        timeout allows for a long commit (webhooks keep their short one)."""
+        """The receiver's Redis client, or for a multi-chunk batch one of its own, with no
+        retry of a call that timed out and a timeout for long scripts (webhooks keep theirs)."""
         if count <= CHUNK_RECORDS:
             yield self.state.redis
             return
@@ -238,62 +241,148 @@ class OsmosIngest:
                 await pending
         try:
             await batch.discard()
-        except UNAVAILABLE as exc:  # the next batch's sweep removes it
+        except UNAVAILABLE as exc:  # a later batch sweeps it once its deadline passes
             log.info(
-                "could not discard a staged osmos batch; the next batch sweeps it",
+                "could not discard an osmos batch; a later batch sweeps it",
                 extra={"request_id": request_id, "reason": type(exc).__name__},
             )
 
 
-class RecordEvents:
-    """Turns records into a staging chunk: event ids, event bodies, and routes when some
-    route of the event type has a `where` (then per record)."""
+class Unencodable(Exception):
+    """A record orjson reads but cannot write back (nested deeper than it writes)."""
 
-    def __init__(
-        self, connector: Connector, router: RouteTable, routes: Sequence[Route], coder: EventCoder
-    ) -> None:
-        self.event_id = event_id_function(connector)
-        self.coder = coder
-        self.router = router
-        self.event_type = connector.event_type
-        self.conditional = any(route.where for route in routes)
-        self.numbers = {route.index: str(n) for n, route in enumerate(routes, start=1)}
-        self.taken: set[str] = set()  # ids of this batch so far: a repeated record is a duplicate
+    def __init__(self, index: int) -> None:
+        super().__init__(index)
+        self.index = index
 
-    def chunk(self, records: list[Any], start: int, size: int) -> StagedChunk:
-        """The chunk of `records[start:start + size]`; each record is released once built."""
-        chunk = StagedChunk([], [], [] if self.conditional else None)
+
+@dataclass
+class _Open:
+    """The chunk being filled."""
+
+    lines: list[bytes] = field(default_factory=list)
+    digests: list[bytes] = field(default_factory=list)
+    repeats: dict[int, int] = field(default_factory=dict)
+    matches: dict[int, list[int]] = field(default_factory=dict)  # route position -> record positions
+
+
+@dataclass(frozen=True)
+class _Closed:
+    """A staged chunk, as the commit needs it."""
+
+    records: int
+    repeats: Mapping[int, int]
+    matches: Mapping[int, Sequence[int]]
+
+
+class RecordChunks:
+    """Turns records into chunks: canonical lines, id digests, and for routes with `where`
+    the records they match. An identical record already in the batch is left out with a
+    `key`; without one it is a row of its own, with its occurrence in its id (`RecordIds`)."""
+
+    def __init__(self, ids: RecordIds, routes: Sequence[Route], member: str, sealer: Any) -> None:
+        self.ids = ids
+        self.routes = routes
+        self.member = member
+        self.sealer = sealer
+        self.keyed = ids.key is not None
+        self.conditional = [(n, route) for n, route in enumerate(routes) if route.where]
+        self.everything = any(not route.where for route in routes)
+        self.taken: set[bytes] = set()
+        self.occurrences: dict[bytes, int] = {}
+        self.duplicates = 0  # left out: the same record came earlier in the batch (with a key)
+        self.closed: list[_Closed] = []
+        self.seen: dict[int, list[int]] = {}  # chunk number -> positions already marked in Redis
+        self._open = self._new()
+
+    def _new(self) -> _Open:
+        return _Open(matches={n: [] for n, _ in self.conditional})
+
+    def add(self, records: list[Any], offset: int) -> Iterator[StagedChunk]:
+        """The chunks that `records` (the first at `offset` in the batch) fill up."""
         dumps, sort_keys = orjson.dumps, orjson.OPT_SORT_KEYS
-        ids, bodies, choices = chunk.ids, chunk.bodies, chunk.routes
-        event_id, event, body_value = self.event_id, self.coder.event, self.coder.body_value
-        taken = self.taken
-        for index in range(start, min(start + size, len(records))):
-            record = records[index]
+        digest_of, taken, keyed, conditional = self.ids.digest, self.taken, self.keyed, self.conditional
+        chunk = self._open
+        for index, record in enumerate(records):
             try:
                 canonical = dumps(record, option=sort_keys)
             except orjson.JSONEncodeError:
-                raise unencodable(records, index) from None
-            identity = event_id(record, canonical)
-            records[index] = None
-            if identity in taken:
-                chunk.duplicates += 1
-                continue
-            taken.add(identity)
-            ids.append(identity)
-            bodies.append(body_value(event(identity, canonical)))
-            if choices is not None:
-                matched = self.router.match(self.event_type, record)
-                choices.append(",".join(self.numbers[route.index] for route in matched))
-        return chunk
+                raise Unencodable(offset + index) from None
+            digest = digest_of(record, canonical)
+            if digest in taken:
+                if keyed:
+                    self.duplicates += 1
+                    continue
+                occurrence = self.occurrences.get(digest, 1) + 1
+                self.occurrences[digest] = occurrence
+                digest = digest_of(record, canonical, occurrence)
+                chunk.repeats[len(chunk.lines)] = occurrence
+            taken.add(digest)
+            position = len(chunk.lines)
+            chunk.lines.append(canonical)
+            chunk.digests.append(digest)
+            for n, route in conditional:
+                if route.matches_object(record):
+                    chunk.matches[n].append(position)
+            records[index] = None  # released once in its chunk
+            if position + 1 == CHUNK_RECORDS:
+                yield self._close()
+                chunk = self._open
+
+    def finish(self) -> StagedChunk | None:
+        return self._close() if self._open.lines else None
+
+    def _close(self) -> StagedChunk:
+        chunk, number = self._open, len(self.closed)
+        self._open = self._new()
+        read = self.everything or any(chunk.matches.values())
+        self.closed.append(_Closed(len(chunk.lines), chunk.repeats, chunk.matches))
+        return StagedChunk(
+            number=number,
+            key=osmos_chunk_key(self.member, number),
+            digests=chunk.digests,
+            blob=pack_records(chunk.lines, self.sealer) if read else b"",
+        )
+
+    async def commit(self, batch: Batch, jobs: ChunkJobs) -> None:
+        """Queue a job per chunk and route that runs any record not seen before."""
+        writes: list[JobWrite] = []
+        readers: list[tuple[str, int]] = []
+        unread: list[str] = []
+        for number, closed in enumerate(self.closed):
+            seen = set(self.seen.get(number, ()))
+            made = 0
+            for n, plan in enumerate(jobs.routes):
+                matched = closed.matches.get(n)  # None: the route has no `where`
+                candidates = range(closed.records) if matched is None else matched
+                run = [p for p in candidates if p not in seen]
+                if not run:
+                    continue
+                everything = matched is None and len(run) == closed.records
+                writes.append(
+                    jobs.job(
+                        plan, self.member, number, closed.records, None if everything else run, closed.repeats
+                    )
+                )
+                made += 1
+            key = osmos_chunk_key(self.member, number)
+            if made:
+                readers.append((key, made))
+            else:
+                unread.append(key)
+        await batch.commit(templates_json(jobs.templates), readers, unread, writes)
 
 
-def unencodable(records: list[Any], first: int) -> InvalidRecords:
-    """Records orjson reads but cannot write back (nested deeper than it writes)."""
+def unencodable(body: OsmosBody, first: int) -> InvalidRecords:
+    """The 422 naming every record, from `first` on, that cannot be written back."""
     report = ValidationReport()
-    for index in range(first, len(records)):
-        try:
-            orjson.dumps(records[index])
-        except orjson.JSONEncodeError:
-            report.bad_records += 1
-            report.add(RecordError(index, None, "the record is nested too deeply to be stored"))
+    for offset, records in body.slices():
+        for index, record in enumerate(records, start=offset):
+            if index < first:
+                continue
+            try:
+                orjson.dumps(record)
+            except orjson.JSONEncodeError:
+                report.bad_records += 1
+                report.add(RecordError(index, None, "the record is nested too deeply to be stored"))
     return report.rejection(f"{report.bad_records} record(s) cannot be stored; nothing was stored")

@@ -330,6 +330,7 @@ def test_summary_lists_every_shown_setting_in_field_order() -> None:
         "dedup_ttl",
         "max_body_bytes",
         "osmos_max_body_bytes",
+        "osmos_redis_budget",
         "queue",
         "osma_api_key",
         "osma_base_url",

@@ -1,6 +1,7 @@
-"""receiver/store/batches.py against a real Redis: the job data it writes is `JobBuilder`'s, and
-staging, commit, discard and the sweep of abandoned batches keep "all or nothing" also
-when batches with the same records overlap or a receiver dies between chunks."""
+"""receiver/store/batches.py against a real Redis: a record's job is `JobBuilder`'s, and
+begin, stage, commit, discard and the sweep of abandoned batches keep "all or nothing",
+also when batches with the same records overlap or a receiver dies between chunks; one
+batch per connector at a time; the memory budget; dedup marks that expire."""
 
 from __future__ import annotations
 
@@ -16,19 +17,15 @@ from redis import Redis
 from redis.asyncio import Redis as AsyncRedis
 
 from receiver.crypto import Sealer
-from receiver.exceptions import StagingLost
-from receiver.keys import OSMOS_INFLIGHT_KEY, osmos_seen_key
-from receiver.model.connectors import canonical_json, record_event_id
+from receiver.exceptions import OverBudget, StagingLost, StoreError
+from receiver.keys import OSMOS_INFLIGHT_KEY, OSMOS_RESERVED_KEY, osmos_chunk_key, osmos_holder_key
+from receiver.model.connectors import canonical_json, record_event_id, record_ids
 from receiver.model.routes import parse_config
 from receiver.settings import Secret
-from receiver.store.batches import (
-    BatchOutcome,
-    BatchStore,
-    EventCoder,
-    StagedChunk,
-    lay_out_route,
-)
+from receiver.store.batches import Batch, BatchStore, StagedChunk, templates_json
 from receiver.store.enqueue import JobBuilder
+from receiver.store.osmos_chunks import ChunkJobs, EventCoder, pack_records, record_job, unpack_records
+from tests.osmos_support import batch_leftovers, marked_ids, marks, queued_records
 
 T = TypeVar("T")
 RECEIVED = datetime(2026, 11, 20, 10, 0, 0, 123456, tzinfo=UTC)
@@ -49,41 +46,57 @@ CONFIG = {
 }
 
 
-def run(coro: Awaitable[T]) -> T:
-    return asyncio.run(coro)  # type: ignore[arg-type]
-
-
 class Store:
-    """A BatchStore on the test Redis, with helpers to stage records the way the endpoint does."""
+    """A BatchStore on the test Redis, with helpers to store records the way the endpoint does."""
 
     def __init__(self, url: str, sealer: Sealer | None = None) -> None:
         self.url = url
+        self.sealer = sealer
         self.config = parse_config(CONFIG, environ={"T": "token"})
         self.connector = self.config.connectors["crm"]
+        self.ids = record_ids(self.connector)
         self.builder = JobBuilder(self.config.routes, "osma-router", sealer)
-        self.coder = EventCoder(self.connector.event_type, RECEIVED, sealer)
-        self.layouts = [
-            lay_out_route(self.builder, self.connector.event_type, RECEIVED, route, sealer is not None)
-            for route in self.config.routes
-        ]
+        self.jobs = ChunkJobs(
+            self.builder, self.config.routes, "crm", "id", "osmos.crm.record", RECEIVED, sealer is not None
+        )
 
-    def chunk(self, records: list[dict[str, Any]]) -> StagedChunk:
-        ids = [record_event_id(self.connector, r) for r in records]
-        bodies = [
-            self.coder.body_value(self.coder.event(i, canonical_json(r)))
-            for i, r in zip(ids, records, strict=True)
-        ]
-        return StagedChunk(ids, bodies, None)
+    def chunk(self, batch: Batch, number: int, records: list[dict[str, Any]]) -> StagedChunk:
+        lines = [canonical_json(r) for r in records]
+        digests = [self.ids.digest(r, line) for r, line in zip(records, lines, strict=True)]
+        return StagedChunk(
+            number, osmos_chunk_key(batch.member, number), digests, pack_records(lines, self.sealer)
+        )
+
+    async def store(self, batch: Batch, *chunks: list[dict[str, Any]], commit: bool = True) -> int:
+        """Begin, stage `chunks`, commit (a job per chunk and route for its new records);
+        how many records were new."""
+        await batch.begin(10_000_000)
+        fresh = 0
+        writes, readers, unread = [], [], []
+        for number, records in enumerate(chunks):
+            seen = set(await batch.stage(self.chunk(batch, number, records)))
+            run = [p for p in range(len(records)) if p not in seen]
+            fresh += len(run)
+            if not run:
+                unread.append(osmos_chunk_key(batch.member, number))
+                continue
+            positions = None if len(run) == len(records) else run
+            for plan in self.jobs.routes:
+                writes.append(self.jobs.job(plan, batch.member, number, len(records), positions, {}))
+            readers.append((osmos_chunk_key(batch.member, number), len(self.jobs.routes)))
+        if commit:
+            await batch.commit(templates_json(self.jobs.templates), readers, unread, writes)
+        return fresh
 
     def session(self, work: Callable[[BatchStore], Awaitable[T]], **kw: Any) -> T:
         async def go() -> T:
             redis = AsyncRedis.from_url(self.url)
             try:
-                return await work(BatchStore(redis, 3600, **kw))
+                return await work(BatchStore(redis, kw.pop("ttl", 3600), kw.pop("budget", "0"), **kw))
             finally:
                 await redis.aclose()
 
-        return run(go())
+        return asyncio.run(go())  # type: ignore[arg-type]
 
 
 @pytest.fixture
@@ -95,35 +108,42 @@ def records(*ids: str) -> list[dict[str, Any]]:
     return [{"id": i, "n": len(i)} for i in ids]
 
 
-def queue(redis: Redis, name: str = "osma-router") -> list[str]:
-    return [j.decode() for j in redis.lrange(f"rq:queue:{name}", 0, -1)]
+def ids_of(store: Store, *ids: str) -> list[str]:
+    return [record_event_id(store.connector, r) for r in records(*ids)]
 
 
-def batch_keys(redis: Redis) -> list[bytes]:
-    return list(redis.scan_iter("osma_router:osmos:batch:*"))
+def queued(redis: Redis, queue: str = "rq:queue:osma-router") -> list[str]:
+    return [record.event_id for record in queued_records(redis, queue)]
 
 
-def test_job_data_is_what_job_builder_writes(store: Store, redis: Redis):
+def chunk_keys(redis: Redis) -> list[bytes]:
+    return list(redis.scan_iter("osma_router:osmos:chunk:*"))
+
+
+def test_a_failing_records_job_is_what_job_builder_writes(store: Store, redis: Redis):
     record = {"id": "cus_1", "name": 'Zoë "quoted" \\ \u2028'}
     event_id = record_event_id(store.connector, record)
-    event = store.coder.event(event_id, canonical_json(record))
-    for layout, route in zip(store.layouts, store.config.routes, strict=True):
+    event = EventCoder("osmos.crm.record", RECEIVED).event(event_id, canonical_json(record))
+    for plan, route in zip(store.jobs.routes, store.config.routes, strict=True):
+        spec = orjson.loads(store.jobs.job(plan, "crm:b1", 0, 1, None, {}).data)[2][0]
+        job = record_job(redis, spec, event_id, event, None)
         (expected,) = store.builder.build("osmos", event_id, "osmos.crm.record", event, RECEIVED, [route])
-        assert layout.job_id(event_id) == expected.job_id
-        assert layout.data(event_id, store.coder.body_value(event)) == expected.data
-        assert layout.queue == expected.queue and layout.description == expected.description
+        assert job.id == expected.job_id and job.origin == expected.queue
+        assert job.description == expected.description
+        assert orjson.dumps([job.func_name, None, job.args, {}]) == expected.data
+        assert job.retries_left == route.retries and job.timeout == route.timeout
 
 
-def test_sealed_job_data_opens_to_the_same_event(redis_server: Any, redis: Redis):
+def test_a_sealed_chunk_opens_to_the_records_and_their_events(redis_server: Any, redis: Redis):
     sealer = Sealer([Secret(Fernet.generate_key().decode())])
-    sealed = Store(redis_server.url, sealer)
     record = {"id": "cus_secret"}
-    event_id = record_event_id(sealed.connector, record)
-    event = sealed.coder.event(event_id, canonical_json(record))
-    data = sealed.layouts[0].data(event_id, sealed.coder.body_value(event))
-    spec = orjson.loads(data)[2][0]
-    assert b"cus_secret" not in data and sealer.open(spec["sealed"]) == event
-    assert orjson.loads(event) == {
+    blob = pack_records([canonical_json(record)], sealer)
+    assert b"cus_secret" not in blob
+    with pytest.raises(Exception, match="OSMA_ROUTER_ENCRYPTION_KEYS"):
+        unpack_records(blob, None, True)
+    (line,) = unpack_records(blob, sealer, True)
+    event_id = record_event_id(Store(redis_server.url).connector, record)
+    assert orjson.loads(EventCoder("osmos.crm.record", RECEIVED).event(event_id, line)) == {
         "id": event_id,
         "type": "osmos.crm.record",
         "object": "event",
@@ -132,124 +152,199 @@ def test_sealed_job_data_opens_to_the_same_event(redis_server: Any, redis: Redis
     }
 
 
-def test_staged_jobs_stay_invisible_until_the_commit(store: Store, redis: Redis):
-    async def work(batches: BatchStore) -> BatchOutcome:
-        batch = batches.open("crm", store.layouts)
-        await batch.stage(store.chunk(records("a", "b")))
-        await batch.stage(store.chunk(records("c")))
-        assert queue(redis) == [] and not redis.exists(osmos_seen_key("crm"))
-        assert len(list(redis.scan_iter("rq:job:*"))) == 6  # staged, in no queue
-        return await batch.commit()
+def test_staged_records_stay_invisible_until_the_commit(store: Store, redis: Redis):
+    async def work(batches: BatchStore) -> int:
+        batch = batches.open("crm")
+        fresh = await store.store(batch, records("a", "b"), records("c"), commit=False)
+        assert queued(redis) == [] and not list(redis.scan_iter("rq:job:*"))
+        assert redis.get(osmos_holder_key("crm")) == batch.member.encode()  # no other batch reads the marks
+        writes = [
+            store.jobs.job(plan, batch.member, n, size, None, {})
+            for n, size in enumerate((2, 1))
+            for plan in store.jobs.routes
+        ]
+        readers = [(osmos_chunk_key(batch.member, n), 2) for n in range(2)]
+        await batch.commit(templates_json(store.jobs.templates), readers, [], writes)
+        return fresh
 
-    assert store.session(work) == BatchOutcome(3, 0)
-    assert len(queue(redis)) == 3 and len(queue(redis, "bulk")) == 3
-    assert batch_keys(redis) == [] and redis.zcard(OSMOS_INFLIGHT_KEY) == 0
+    assert store.session(work) == 3
+    assert queued(redis) == ids_of(store, "a", "b", "c")
+    assert queued(redis, "rq:queue:bulk") == ids_of(store, "a", "b", "c")
+    assert batch_leftovers(redis) == []
+    assert marked_ids(redis, "crm", "id") == sorted(ids_of(store, "a", "b", "c"))
 
 
 def test_discard_removes_what_the_batch_staged(store: Store, redis: Redis):
     async def work(batches: BatchStore) -> None:
-        batch = batches.open("crm", store.layouts)
-        await batch.stage(store.chunk(records("a", "b")))
+        batch = batches.open("crm")
+        await store.store(batch, records("a", "b"), records("c"), commit=False)
         await batch.discard()
 
     store.session(work)
-    assert list(redis.scan_iter("rq:job:*")) == [] and batch_keys(redis) == []
-    assert redis.zcard(OSMOS_INFLIGHT_KEY) == 0
+    assert marks(redis, "crm") == [] and chunk_keys(redis) == [] and batch_leftovers(redis) == []
 
 
 def test_a_batch_abandoned_between_chunks_is_swept_by_the_next_one(store: Store, redis: Redis):
     async def abandon(batches: BatchStore) -> None:
-        batch = batches.open("crm", store.layouts)
-        await batch.stage(store.chunk(records("a", "b")))  # ... and the receiver dies
+        await store.store(batches.open("crm"), records("a", "b"), commit=False)  # ... and the receiver dies
 
     store.session(abandon, staging_deadline=0)
-    assert len(list(redis.scan_iter("rq:job:*"))) == 4 and redis.zcard(OSMOS_INFLIGHT_KEY) == 1
+    assert len(marks(redis, "crm")) == 2 and len(chunk_keys(redis)) == 1
 
     async def next_batch(batches: BatchStore) -> int:
         return await batches.sweep()
 
     assert store.session(next_batch) == 1
-    assert list(redis.scan_iter("rq:job:*")) == [] and batch_keys(redis) == []
-    assert redis.zcard(OSMOS_INFLIGHT_KEY) == 0 and queue(redis) == []
+    assert marks(redis, "crm") == [] and chunk_keys(redis) == [] and batch_leftovers(redis) == []
+
+
+def test_the_next_batch_of_the_connector_discards_an_abandoned_one_before_it_reads_marks(
+    store: Store, redis: Redis
+):
+    async def abandon(batches: BatchStore) -> None:
+        await store.store(batches.open("crm"), records("a", "b"), commit=False)
+
+    store.session(abandon, staging_deadline=0)
+
+    async def again(batches: BatchStore) -> int:
+        return await store.store(batches.open("crm"), records("a", "b"))  # no sweep first
+
+    assert store.session(again) == 2  # the abandoned batch's marks did not make duplicates
+    assert queued(redis) == ids_of(store, "a", "b") and batch_leftovers(redis) == []
 
 
 def test_a_swept_batch_cannot_stage_or_commit_any_more(store: Store, redis: Redis):
     async def work(batches: BatchStore) -> None:
-        slow = batches.open("crm", store.layouts)
-        await slow.stage(store.chunk(records("a")))
+        slow = batches.open("crm")
+        await store.store(slow, records("a"), commit=False)
         redis.zadd(OSMOS_INFLIGHT_KEY, {slow.member: 0})  # its deadline passed
         assert await batches.sweep() == 1
         with pytest.raises(StagingLost):
-            await slow.stage(store.chunk(records("b")))
+            await slow.stage(store.chunk(slow, 1, records("b")))
         with pytest.raises(StagingLost):
-            await slow.commit()
+            await slow.commit(b"[]", [], [], [])
 
     store.session(work)
-    assert queue(redis) == [] and list(redis.scan_iter("rq:job:*")) == []
+    assert queued(redis) == [] and marks(redis, "crm") == [] and chunk_keys(redis) == []
 
 
-def test_overlapping_batches_queue_a_shared_record_once(store: Store, redis: Redis):
-    async def work(batches: BatchStore) -> tuple[BatchOutcome, BatchOutcome]:
-        first = batches.open("crm", store.layouts)
-        second = batches.open("crm", store.layouts)
-        await first.stage(store.chunk(records("shared", "one")))
-        await second.stage(store.chunk(records("shared", "two")))  # rewrites shared's hashes
-        return await first.commit(), await second.commit()
-
-    first, second = store.session(work)
-    assert first == BatchOutcome(2, 0) and second == BatchOutcome(1, 1)
-    jobs = queue(redis)
-    assert len(jobs) == 3 and len(set(jobs)) == 3
-    assert all(redis.exists(f"rq:job:{job}") for job in jobs + queue(redis, "bulk"))
-    assert batch_keys(redis) == []
-
-
-def test_a_failed_batch_does_not_remove_jobs_another_batch_committed(store: Store, redis: Redis):
-    async def work(batches: BatchStore) -> BatchOutcome:
-        failing = batches.open("crm", store.layouts)
-        winning = batches.open("crm", store.layouts)
-        await failing.stage(store.chunk(records("shared")))  # creates the hashes
-        await winning.stage(store.chunk(records("shared")))  # borrows them
-        outcome = await winning.commit()
-        await failing.discard()
-        return outcome
-
-    assert store.session(work) == BatchOutcome(1, 0)
-    (job,) = queue(redis)
-    assert redis.exists(f"rq:job:{job}")
-
-
-def test_a_commit_whose_borrowed_jobs_were_discarded_stores_nothing(store: Store, redis: Redis):
+def test_a_batch_whose_deadline_moved_on_is_not_swept(store: Store, redis: Redis):
     async def work(batches: BatchStore) -> None:
-        failing = batches.open("crm", store.layouts)
-        late = batches.open("crm", store.layouts)
-        await failing.stage(store.chunk(records("shared")))
-        await late.stage(store.chunk(records("shared", "other")))
-        await failing.discard()  # removes the hashes `late` borrowed
-        with pytest.raises(StagingLost):
-            await late.commit()
-        await late.discard()
+        batch = batches.open("crm")
+        await store.store(batch, records("a"), commit=False)
+        await Batch(batches, batch.member, batches.redis).discard(own=False)  # a sweep that comes too late
+        await batch.stage(store.chunk(batch, 1, records("b")))  # still its own
 
     store.session(work)
-    assert queue(redis) == [] and not redis.exists(osmos_seen_key("crm"))
-    assert list(redis.scan_iter("rq:job:*")) == []
+    assert len(marks(redis, "crm")) == 2
 
 
-def test_a_dedup_mark_expires_after_the_window(redis_server: Any, redis: Redis, store: Store):
-    async def work(batches: BatchStore) -> list[BatchOutcome]:
-        outcomes = []
-        for _ in range(2):
-            batch = batches.open("crm", store.layouts)
-            await batch.stage(store.chunk(records("a")))
-            outcomes.append(await batch.commit())
-        await asyncio.sleep(0.25)
-        batch = batches.open("crm", store.layouts)
-        await batch.stage(store.chunk(records("a")))
-        outcomes.append(await batch.commit())
-        return outcomes
+def test_overlapping_batches_of_a_connector_queue_a_shared_record_once(store: Store, redis: Redis):
+    async def work(batches: BatchStore) -> list[int]:
+        return list(
+            await asyncio.gather(
+                store.store(batches.open("crm"), records("shared", "one")),
+                store.store(batches.open("crm"), records("shared", "two")),
+            )
+        )
 
-    async def short_window(batches: BatchStore) -> list[BatchOutcome]:
-        batches.ttl_ms = 200
-        return await work(batches)
+    assert sorted(store.session(work)) == [1, 2]  # the second waited for the first, then found "shared"
+    jobs = queued(redis)
+    assert sorted(jobs) == sorted(ids_of(store, "shared", "one", "two"))
+    assert batch_leftovers(redis) == []
 
-    assert store.session(short_window) == [BatchOutcome(1, 0), BatchOutcome(0, 1), BatchOutcome(1, 0)]
+
+def test_a_batch_that_fails_leaves_its_records_to_the_next_batch(store: Store, redis: Redis):
+    async def work(batches: BatchStore) -> int:
+        failing = batches.open("crm")
+        await store.store(failing, records("shared"), commit=False)
+        later = asyncio.ensure_future(store.store(batches.open("crm"), records("shared")))
+        await asyncio.sleep(0.3)
+        assert not later.done()  # waits: the connector is being stored
+        await failing.discard()
+        return await later
+
+    assert store.session(work) == 1
+    assert queued(redis) == ids_of(store, "shared")
+
+
+def test_a_connector_busy_too_long_is_a_store_error(store: Store, redis: Redis):
+    async def work(batches: BatchStore) -> None:
+        await batches.open("crm").begin(1)
+        with pytest.raises(StoreError, match="still being stored"):
+            await batches.open("crm").begin(1)
+
+    store.session(work, busy_wait=0.2)
+
+
+def test_a_chunk_sent_twice_is_staged_once(store: Store, redis: Redis):
+    async def work(batches: BatchStore) -> tuple[list[int], list[int]]:
+        batch = batches.open("crm")
+        await batch.begin(1)
+        chunk = store.chunk(batch, 0, records("a", "b"))
+        return await batch.stage(chunk), await batch.stage(chunk)  # a retried call
+
+    assert store.session(work) == ([], [])
+
+
+def test_a_batch_over_the_budget_is_refused_before_anything_is_stored(store: Store, redis: Redis):
+    used = int(redis.info("memory")["used_memory"])
+
+    async def work(batches: BatchStore) -> None:
+        first = batches.open("crm")
+        await first.begin(1_000_000)  # reserved while it is being stored
+        with pytest.raises(OverBudget) as refused:
+            await batches.open("other").begin(1_000_000)
+        assert refused.value.retry_after > 0
+        assert redis.get(osmos_holder_key("other")) is None  # nothing stored
+        await first.discard()
+        await batches.open("other").begin(1_000_000)  # the reservation went with the batch
+
+    store.session(work, budget=str(used + 1_500_000))
+    assert redis.hlen(OSMOS_RESERVED_KEY) == 1
+
+
+def test_a_percent_budget_is_a_share_of_maxmemory_and_none_without_maxmemory(store: Store, redis: Redis):
+    async def work(batches: BatchStore) -> None:
+        unbounded = batches.open("a")
+        await unbounded.begin(10**12)  # maxmemory 0: no budget
+        await unbounded.discard()
+        used = int(redis.info("memory")["used_memory"])
+        redis.config_set("maxmemory", str(2 * used + 4_000_000))
+        try:
+            await batches.open("b").begin(1_000_000)
+            with pytest.raises(OverBudget):
+                await batches.open("c").begin(3_000_000)
+        finally:
+            redis.config_set("maxmemory", "0")
+
+    store.session(work, budget="50%")
+
+
+def test_a_dedup_mark_expires_after_the_window(store: Store, redis: Redis):
+    async def work(batches: BatchStore) -> list[int]:
+        fresh = [await store.store(batches.open("crm"), records("a")) for _ in range(2)]
+        await asyncio.sleep(1.1)
+        fresh.append(await store.store(batches.open("crm"), records("a")))
+        return fresh
+
+    assert store.session(work, ttl=1.0) == [1, 0, 1]
+
+
+def test_marks_of_the_previous_time_bucket_count_and_expired_ones_do_not(store: Store, redis: Redis):
+    seconds, micros = redis.time()
+    now_ms = seconds * 1000 + micros // 1000
+    window = 3_600_000
+    bucket = now_ms // window
+    a, b = (store.ids.digest(r, canonical_json(r)) for r in records("a", "b"))
+    prefix = "osma_router:osmos:seen:crm:"
+    part = (a[0] * 256 + a[1]) % 1024
+    redis.hset(f"{prefix}{bucket - 1}:{part}", a, now_ms + 60_000)  # marked late in the last bucket
+    part = (b[0] * 256 + b[1]) % 1024
+    redis.hset(f"{prefix}{bucket}:{part}", b, now_ms - 1)  # marked a window ago: expired
+
+    async def work(batches: BatchStore) -> int:
+        return await store.store(batches.open("crm"), records("a", "b"))
+
+    assert store.session(work) == 1
+    assert queued(redis) == ids_of(store, "b")

@@ -15,6 +15,7 @@ from receiver.keys import dedup_key
 from receiver.model.plugins import HandlerRegistry
 from receiver.model.routes import load_config
 from receiver.settings import Settings
+from tests.osmos_support import queued_records
 from tests.support import env_for, handled, make_event, osma_router
 
 ROUTES = """
@@ -150,7 +151,7 @@ handler = "sample.record"
         headers={"authorization": "osmos-token-1", "content-type": "application/json"},
     )
     assert response.status_code == 202 and response.json() == {"status": "accepted", "records": 2}
-    assert redis.llen("rq:queue:osma-router") == 2
+    assert len(queued_records(redis)) == 2  # both records queued (in one chunk job)
 
 
 def test_a_bad_route_live_mode_names_the_file_and_the_route(tmp_path, redis_server, write_routes):
