@@ -17,8 +17,9 @@ on_delete = "archive"                   # or "delete"
 - `task.created` creates the action (title, strategies, labels, status, progress);
   `task.updated` / `task.completed` update its status and progress (or create it when
   no action is known yet); `task.deleted` archives or deletes it.
-- The mapping task id -> action id is kept in Redis and, with `write_back`, in the task's
-  Osma metadata under `metadata_key` (read back from the event when Redis lacks it).
+- The mapping task id -> action id is kept in Redis, one key per task that lives
+  `MAPPING_TTL` after the task's last event, and, with `write_back`, in the task's Osma
+  metadata under `metadata_key` (read back from the event when Redis lacks it).
 - Every OGSM call goes through the effects ledger: a retried create reconciles by
   looking for its action in OGSM before posting again. An event older than the last one
   applied to the task (by the task's `updated_at`) changes nothing.
@@ -36,6 +37,7 @@ from receiver import Context, Effect, EffectResult, Event, HandlerGroup, Rejecte
 from .osma_metadata import entity_time, task_of, write_task_metadata
 
 EVENTS = ("task.created", "task.updated", "task.completed", "task.deleted")
+MAPPING_TTL = 400 * 24 * 3600  # seconds a task's action id is kept after the task's last event
 DEFAULT_STATUSES = {"ready": "todo", "in_progress": "doing", "completed": "done"}
 DEFAULT_PROGRESS = {"ready": 0, "in_progress": 50, "completed": 100}
 
@@ -92,16 +94,27 @@ class ActionSync:
         self.params: ActionParams = ctx.params
         self.task_id = task_id
         self.actions = ctx.ogsm.actions
-        self.mapping = f"osma_router:ogsm_action:{self.params.metadata_key}"
+        self.mapping = f"osma_router:ogsm_action:{self.params.metadata_key}:{task_id}"
+        # Releases before per-task keys kept every task in one hash that never expired:
+        # read from it still, and move the task's entry out when it is written again.
+        self.legacy_mapping = f"osma_router:ogsm_action:{self.params.metadata_key}"
         self.scope = f"ogsm:actions:{self.params.metadata_key}"
 
     def known_action(self) -> str | None:
-        stored = self.ctx.redis.hget(self.mapping, self.task_id)
+        redis = self.ctx.redis
+        stored = redis.getex(self.mapping, ex=MAPPING_TTL)  # each event of the task keeps it
         if stored is not None:
             return stored.decode() if isinstance(stored, bytes) else str(stored)
-        metadata = self.event.object.get("metadata")
-        from_task = metadata.get(self.params.metadata_key) if isinstance(metadata, Mapping) else None
-        return str(from_task) if from_task else None
+        if redis.type(self.legacy_mapping) in (b"hash", "hash"):
+            stored = redis.hget(self.legacy_mapping, self.task_id)
+        if stored is None:
+            metadata = self.event.object.get("metadata")
+            stored = metadata.get(self.params.metadata_key) if isinstance(metadata, Mapping) else None
+        if not stored:
+            return None
+        found = stored.decode() if isinstance(stored, bytes) else str(stored)
+        self.remember(found)  # from the old hash or the task's metadata: kept per task again
+        return found
 
     def effect(self, step: str, **intent: Any) -> Effect:
         return self.ctx.effect(step, {"task": self.task_id, **intent}, scope=self.scope)
@@ -150,8 +163,14 @@ class ActionSync:
             self.effect("create", title=_digest(title)), post, reconcile=reconcile
         )
         action_id = str(outcome.result["id"])
-        self.ctx.redis.hset(self.mapping, self.task_id, action_id)
+        self.remember(action_id)
         return action_id
+
+    def remember(self, action_id: str) -> None:
+        with self.ctx.redis.pipeline(transaction=True) as pipe:
+            pipe.set(self.mapping, action_id, ex=MAPPING_TTL)
+            pipe.hdel(self.legacy_mapping, self.task_id)
+            pipe.execute()
 
     def update(self, action_id: str) -> None:
         fields = self.status_fields()

@@ -80,7 +80,14 @@ def effects_of_key(event_id: str) -> str:
 
 
 def claims_key(scope: str) -> str:
-    """Upstream ids already claimed as the outcome of some effect of `scope`."""
+    """Upstream ids already claimed as the outcome of some effect of `scope` (a sorted set:
+    id -> when claimed; ids older than the ledger's retention are dropped)."""
+    return f"{PREFIX}:claims:{scope}"
+
+
+def legacy_claims_key(scope: str) -> str:
+    """Where earlier releases kept the claims of `scope`: a set that every claim kept alive,
+    so it never expired. Read still; no longer written, so it expires on its own."""
     return f"{PREFIX}:claimed:{scope}"
 
 

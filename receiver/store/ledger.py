@@ -131,8 +131,9 @@ if ARGV[7] ~= '' then
   redis.call('HSET', KEYS[3], ARGV[7], ARGV[8])
   redis.call('EXPIRE', KEYS[3], ARGV[6])
 end
-if ARGV[9] ~= '' then
-  redis.call('SADD', KEYS[4], ARGV[9])
+if ARGV[9] ~= '' then  -- claims older than the retention go: the set stays bounded
+  redis.call('ZADD', KEYS[4], ARGV[4], ARGV[9])
+  redis.call('ZREMRANGEBYSCORE', KEYS[4], '-inf', tonumber(ARGV[4]) - tonumber(ARGV[6]))
   redis.call('EXPIRE', KEYS[4], ARGV[6])
 end
 return 1
@@ -292,7 +293,14 @@ class EffectsLedger:
 
     def claimed(self, scope: str) -> set[str]:
         """Upstream ids recorded as the outcome of some effect of `scope`."""
-        return {_text(m) for m in self.redis.smembers(keys.claims_key(scope))} if scope else set()
+        if not scope:
+            return set()
+        floor = time.time() - self.retention
+        with self.redis.pipeline(transaction=False) as pipe:
+            pipe.zrangebyscore(keys.claims_key(scope), floor, "+inf")
+            pipe.smembers(keys.legacy_claims_key(scope))
+            current, legacy = pipe.execute()
+        return {_text(m) for m in [*current, *legacy]}
 
     @contextmanager
     def locked(self, name: str, *, owner: str = "", wait: float | None = None) -> Iterator[None]:

@@ -44,7 +44,7 @@ def test_an_action_follows_its_task_from_creation_to_deletion(
     assert action["strategies"] == [{"id": 7}] and action["labels"] == [{"name": "osma"}]
     assert action["status"] == {"name": "todo"} and action["progress"] == 0
     assert (
-        osma_router_redis.hget("osma_router:ogsm_action:ogsm_action_id", task["id"])
+        osma_router_redis.get(f"osma_router:ogsm_action:ogsm_action_id:{task['id']}")
         == str(action["id"]).encode()
     )
     assert fake_osma.task(task["id"])["metadata"] == {"ogsm_action_id": str(action["id"])}
@@ -93,7 +93,7 @@ def test_an_update_before_the_creation_event_creates_once(deliver, fake_ogsm, fa
 def test_the_mapping_is_read_back_from_the_tasks_metadata(deliver, fake_ogsm, fake_osma, osma_router_redis):
     task = fake_osma.add_task(template="t", description="Check in")
     deliver(event_about(task, "task.created", "2026-11-20T10:00:00+00:00"))
-    osma_router_redis.delete("osma_router:ogsm_action:ogsm_action_id")  # Redis lost it
+    osma_router_redis.delete(f"osma_router:ogsm_action:ogsm_action_id:{task['id']}")  # Redis lost it
     task = fake_osma.task(task["id"])
     deliver(event_about(task, "task.completed", "2026-11-20T12:00:00+00:00", status="completed"))
     (action,) = fake_ogsm.actions()
