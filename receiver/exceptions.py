@@ -18,6 +18,7 @@ RouterError
 ├── StoreError             Redis could not store an event or a batch: the endpoint answers 503
 │   └── StagingLost        an Osmos batch being stored was discarded as abandoned (its receiver stalled)
 ├── NoSuchFailedJob        `failed show/retry` of an id that is not in the failed registry
+├── HandlerFailed          a job `deliver()` ran in a test failed (the handler's error is its cause)
 ├── HandlerError           a plugin failed: retried per its policy
 │   ├── ClaimHeld          another execution holds an effect's lock: run again when it expires
 │   ├── LockLost           this execution's lock expired while it was frozen: stop, record nothing
@@ -138,7 +139,6 @@ class StoreUnavailable(HTTPFacingError):
     error_type = "unavailable"
 
 
-class StoreError(RouterError):
 class OverBudget(StoreUnavailable):
     """An Osmos batch would take Redis past its memory budget for batches; refused before
     anything is stored, with a `Retry-After` of `retry_after` seconds."""
@@ -148,6 +148,7 @@ class OverBudget(StoreUnavailable):
         self.retry_after = retry_after
 
 
+class StoreError(RouterError):
     """Redis could not store an event or a batch (refused, went away, timed out)."""
 
 
@@ -158,6 +159,42 @@ class StagingLost(StoreError):
 
 class NoSuchFailedJob(RouterError):
     """No failed job has that id."""
+
+
+class HandlerFailed(RouterError):
+    """A job that `deliver()` ran failed: raised in the test, from the handler's own exception
+    (`__cause__`, with its traceback).
+
+    `handler`, `event_id` (None for the service's own jobs), `attempt` of `attempts` (None
+    when the job does not say), `error_type` and `error_message` of the original exception;
+    `others`: how many more of the delivery's jobs failed.
+    """
+
+    def __init__(
+        self,
+        *,
+        handler: str,
+        event_id: str | None,
+        attempt: int,
+        attempts: int | None,
+        error_type: str,
+        error_message: str,
+        others: int = 0,
+    ) -> None:
+        of = f"/{attempts}" if attempts else ""
+        event = f"event {event_id}" if event_id else "its scheduled job"
+        more = f" (and {others} more job{'s' if others != 1 else ''} failed)" if others else ""
+        super().__init__(
+            f"handler {handler} failed on {event}, attempt {attempt}{of}: "
+            f"{error_type}: {error_message}{more}"
+        )
+        self.handler = handler
+        self.event_id = event_id
+        self.attempt = attempt
+        self.attempts = attempts
+        self.error_type = error_type
+        self.error_message = error_message
+        self.others = others
 
 
 class HandlerError(RouterError):

@@ -1,14 +1,16 @@
 """Structured logs: one JSON object a line in production, readable lines in `dev`.
 
 Only what is passed in `extra=` with a known name is written next to the message, so a
-careless `extra={"event": payload}` cannot leak member or task data into the logs.
+careless `extra={"event": payload}` cannot leak member or task data into the logs. An
+error's message, which a handler may have built from the event, is written through
+`masked` (the event's field values replaced).
 """
 
 from __future__ import annotations
 
 import logging
 import sys
-from collections.abc import MutableMapping
+from collections.abc import Iterable, MutableMapping
 from datetime import UTC, datetime
 from typing import Any
 
@@ -28,6 +30,7 @@ ALLOWED_FIELDS = (
     "status",
     "reason",
     "error_type",
+    "error",
     "queue",
     "duration_ms",
     "url",
@@ -39,6 +42,43 @@ ALLOWED_FIELDS = (
     "worker",
     "client",
 )
+
+
+MASK = "***"
+# Keys whose values name things rather than describe a person: kept in a masked message.
+UNMASKED_KEYS = frozenset({"id", "object", "template", "status"})
+MIN_MASKED = 3  # characters: shorter values would mask ordinary words of the message
+
+
+def masked_values(event: object) -> set[str]:
+    """The values of an event's `data` (every depth) that `masked` hides: its strings, and
+    its numbers written out, but not ids, object kinds or templates."""
+    data = event.get("data") if isinstance(event, dict) else None
+    values: set[str] = set()
+
+    def walk(node: object, key: str | None) -> None:
+        if isinstance(node, dict):
+            for name, value in node.items():
+                walk(value, str(name))
+        elif isinstance(node, list):
+            for item in node:
+                walk(item, key)
+        elif key not in UNMASKED_KEYS and not isinstance(node, bool) and node is not None:
+            text = str(node)
+            if len(text) >= MIN_MASKED:
+                values.add(text)
+
+    walk(data, None)
+    return values
+
+
+def masked(text: str, values: Iterable[str]) -> str:
+    """`text` with each of `values` replaced by `***`, longest first (so a value that
+    contains another is masked whole)."""
+    for value in sorted(set(values), key=len, reverse=True):
+        if value:
+            text = text.replace(value, MASK)
+    return text
 
 
 class JsonFormatter(logging.Formatter):

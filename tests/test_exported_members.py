@@ -5,6 +5,8 @@ change of the public API, made on purpose here."""
 from __future__ import annotations
 
 import receiver
+import receiver.testing
+from receiver.exceptions import HandlerFailed, RouterError
 
 PLUGIN_API = [
     "ConfigError",
@@ -47,3 +49,10 @@ def test_no_public_name_is_exported_by_accident():
     # Subpackages show up as attributes once imported; they are not the API.
     modules = {name for name in public if type(getattr(receiver, name)).__name__ == "module"}
     assert public - modules == set(PLUGIN_API)
+
+
+def test_the_test_kit_exports_what_deliver_answers_and_raises():
+    for name in ("Delivery", "JobRun", "JobError", "HandlerFailed", "task_event", "FakeOgsm", "FakeOsma"):
+        assert name in receiver.testing.__all__, name
+        assert getattr(receiver.testing, name).__doc__, f"receiver.testing.{name} has no docstring"
+    assert receiver.testing.HandlerFailed is HandlerFailed and issubclass(HandlerFailed, RouterError)

@@ -4,6 +4,11 @@ update and delete. It checks basic auth and `Content-Type: application/json` and
 enforces the documented body shapes (422 otherwise); like OGSM it has no idempotency,
 so a POST sent twice makes two resources.
 
+A refusal answers `{"errors": {field: [message]}}` (422) or `{"error": message}` (401,
+404, 415), and where the fix is in the test, the message says it: "indicator 7 does not
+exist (fake_ogsm.add_indicator(id=7) creates it)". Messages name fields and ids, never
+values from the request body.
+
 Action bodies are accepted in exactly one shape, the one the client sends with the same
 setting (docs/contract.md, "Effects under real conditions"): `{"action": {...}}` by
 default, the bare action object with `FakeOgsm(action_body="bare")`. The other shape is a
@@ -59,6 +64,15 @@ class Unprocessable(Exception):
     def __init__(self, field: str, message: str) -> None:
         super().__init__(message)
         self.field = field
+
+
+class NotFound(Exception):
+    """A 404 whose message is the body's `error`."""
+
+
+def missing(kind: str, item_id: object) -> str:
+    """An unknown KPI, goal, strategy or action, and the seeding call that makes it."""
+    return f"{kind} {item_id} does not exist (fake_ogsm.add_{kind}(id={item_id}) creates it)"
 
 
 # An operation: (request, path params) -> (status, body).
@@ -176,8 +190,12 @@ class FakeOgsm(FakeService):
     def answer(self, seen: Seen, path: str, path_params: dict[str, str], operation: Operation) -> Response:
         headers = {"x-request-id": self.next_request_id()}
         if not self._authorized(seen.headers.get("authorization", "")):
+            message = (
+                "unauthorized: the fake OGSM takes HTTP Basic auth with fake_ogsm.username and "
+                "fake_ogsm.password (OSMA_ROUTER_OGSM_USERNAME, OSMA_ROUTER_OGSM_PASSWORD)"
+            )
             return json_response(
-                {"error": "unauthorized"}, 401, {**headers, "www-authenticate": 'Basic realm="OGSM API"'}
+                {"error": message}, 401, {**headers, "www-authenticate": 'Basic realm="OGSM API"'}
             )
         if seen.method in ("POST", "PATCH"):
             content_type = seen.headers.get("content-type", "").split(";")[0].strip().lower()
@@ -188,6 +206,8 @@ class FakeOgsm(FakeService):
                 status, body = operation(seen, path_params)
         except Unprocessable as exc:
             return json_response({"errors": {exc.field: [str(exc)]}}, 422, headers)
+        except NotFound as exc:
+            return json_response({"error": str(exc)}, 404, headers)
         except KeyError:
             return json_response({"error": "not found"}, 404, headers)
         return json_response(body, status, headers)
@@ -235,10 +255,10 @@ class FakeOgsm(FakeService):
             if not isinstance(ref, dict) or set(ref) != {"id"} or not _is_int(ref["id"]):
                 raise Unprocessable(target, f'{target} must be {{"id": <integer>}}')
             if ref["id"] not in self._bucket(f"{target}s"):
-                raise Unprocessable(target, f"{target} {ref['id']} does not exist")
+                raise Unprocessable(target, missing(target, ref["id"]))
             unknown = sorted(set(report) - REPORT_FIELDS)
             if unknown:
-                raise Unprocessable(unknown[0], "unknown attribute")
+                raise Unprocessable(unknown[0], _unknown_attribute(REPORT_FIELDS | {target}))
             _check_date(report, "at", required=True)
             value = report.get("current_value")
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
@@ -261,7 +281,7 @@ class FakeOgsm(FakeService):
         fields = self._unwrapped(_json_object(seen.body))
         unknown = sorted(set(fields) - ACTION_FIELDS)
         if unknown:
-            raise Unprocessable(unknown[0], "unknown attribute")
+            raise Unprocessable(unknown[0], _unknown_attribute(ACTION_FIELDS))
         if (creating or "title" in fields) and (
             not isinstance(fields.get("title"), str) or not fields["title"].strip()
         ):
@@ -274,7 +294,7 @@ class FakeOgsm(FakeService):
                 raise Unprocessable(name, 'must be a list of {"id": <integer>}')
         for ref in fields.get("strategies", []):
             if ref["id"] not in self._bucket("strategies"):
-                raise Unprocessable("strategies", f"strategy {ref['id']} does not exist")
+                raise Unprocessable("strategies", missing("strategy", ref["id"]))
         for name in ("labels", "involved"):
             named = fields.get(name, [])
             if not isinstance(named, list) or not all(
@@ -324,12 +344,19 @@ class FakeOgsm(FakeService):
         return 201, copy.deepcopy(created)
 
     def _update_action(self, seen: Seen, path: dict[str, str]) -> tuple[int, Any]:
-        action = self._bucket("actions")[_path_id(path)]
+        action = self._action(path)
         action.update(self._action_fields(seen, creating=False))
         return 200, copy.deepcopy(action)
 
     def _delete_action(self, seen: Seen, path: dict[str, str]) -> tuple[int, Any]:
-        return 200, self._bucket("actions").pop(_path_id(path))
+        action = self._action(path)
+        return 200, self._bucket("actions").pop(action["id"])
+
+    def _action(self, path: dict[str, str]) -> dict[str, Any]:
+        action = self._bucket("actions").get(_path_id(path))
+        if action is None:
+            raise NotFound(missing("action", path["id"]))
+        return action
 
 
 def _new_action(fields: dict[str, Any]) -> dict[str, Any]:
@@ -355,7 +382,11 @@ def _path_id(path: dict[str, str]) -> int:
     try:
         return int(path["id"])
     except ValueError:
-        raise KeyError(path["id"]) from None
+        raise NotFound("no such action: action ids are integers") from None
+
+
+def _unknown_attribute(known: set[str]) -> str:
+    return f"unknown attribute (known: {', '.join(sorted(known))})"
 
 
 def _is_int(value: Any) -> bool:

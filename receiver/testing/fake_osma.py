@@ -4,6 +4,10 @@ the documented request shapes, metadata limits, pagination rules and per-endpoin
 limits (429, with `Retry-After` only when asked: the documents show none), and replays
 the first answer for an `idempotency-key`, errors and injected failures included.
 
+A refusal answers Osma's documented error body (`{"type", "message", "params"?}`), and
+where the fix is in the test the message says it: "No such task: 'task_7'
+(fake_osma.add_task(id='task_7') creates it)".
+
 Like Osma, it can send webhooks about what the API writes: after `send_webhooks_to(url,
 secret)`, every task created or updated through the API is delivered to `url` as a signed
 `task.created` or `task.updated` event, from a background thread, so a handler's own
@@ -118,6 +122,12 @@ def invalid(param: str, message: str) -> OsmaError:
     return OsmaError(
         400, "invalid_request_error", "Invalid request parameter(s)", [{"param": param, "message": message}]
     )
+
+
+def seeding_hint(resource: str, mode: str, item_id: str) -> str:
+    """The call that puts the missing object in this fake (`resource`: "tasks", ...)."""
+    where = f"mode={mode!r}, " if mode == "live" and resource != "users" else ""
+    return f"(fake_osma.add_{resource[:-1]}({where}id={item_id!r}) creates it)"
 
 
 def now_iso() -> str:
@@ -349,7 +359,12 @@ class FakeOsma(FakeService):
             if not key:
                 raise OsmaError(401, "authentication_error", "No API key provided (osma-api-key header)")
             if key not in self.keys:
-                raise OsmaError(401, "authentication_error", "Invalid API key provided")
+                raise OsmaError(
+                    401,
+                    "authentication_error",
+                    "Invalid API key provided (this fake Osma takes the keys in fake_osma.keys; "
+                    "point OSMA_ROUTER_OSMA_API_KEY at one of them)",
+                )
             mode = "live" if key.startswith("sk_live_") else "test"
             version = seen.headers.get("osma-api-version")
             if version is not None:
@@ -474,7 +489,11 @@ class FakeOsma(FakeService):
     def _find(self, resource: str, mode: str, item_id: str) -> dict[str, Any]:
         item = self._bucket(resource, mode).get(item_id)
         if item is None:
-            raise OsmaError(404, "invalid_request_error", f"No such {resource[:-1]}: '{item_id}'")
+            raise OsmaError(
+                404,
+                "invalid_request_error",
+                f"No such {resource[:-1]}: '{item_id}' {seeding_hint(resource, mode, item_id)}",
+            )
         return item
 
     def _get(self, resource: str, mode: str, seen: Seen, path: dict[str, str]) -> tuple[int, Any]:
@@ -569,7 +588,8 @@ class FakeOsma(FakeService):
             except ValueError:
                 raise invalid("date_of_birth", "date_of_birth must be a valid ISO 8601 date string") from None
         if isinstance(fields.get("member"), str) and fields["member"] not in self._bucket("members", mode):
-            raise invalid("member", f"No such member: '{fields['member']}'")
+            member = fields["member"]
+            raise invalid("member", f"No such member: '{member}' {seeding_hint('members', mode, member)}")
         if "metadata" in fields and not isinstance(fields["metadata"], dict):
             raise invalid("metadata", "metadata must be an object")
         return fields

@@ -9,8 +9,10 @@ wherever osma-router is installed.
 - `osma_router_handlers`: extra `HandlerGroup`s to register without an entry point.
 - `osma_router_env`: the `OSMA_ROUTER_*` environment that points at all of the above.
 - `osma_router`: a live receiver (real uvicorn) with those settings and routes.
-- `deliver(event)`: signs the event, POSTs it to that receiver, and drains the queues
-  with a burst worker in this process; returns the receiver's response.
+- `deliver(event)`: signs the event, POSTs it to that receiver, and runs the jobs it
+  queued in this process, retries and scheduled jobs at once; returns a `Delivery` (the
+  response, each job, the ledger's effects) or raises `HandlerFailed` when a job failed
+  (`raise_on_failure=False` returns instead). See `receiver/testing/delivery.py`.
 
 ```python
 import pytest
@@ -29,65 +31,21 @@ def test_posts_a_measurement(deliver, fake_ogsm):
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-import httpx
-import orjson
 import pytest
 from redis import Redis
 
 from ..model.plugins import HandlerGroup, HandlerRegistry
-from ..model.routes import load_config
-from ..model.signature import sign
 from ..settings import Settings
 from ..store.server import RedisServer, find_redis_server
-from ..web.app import create_app
-from ..web.state import build_state
-from ..worker.execution import WorkerRuntime
-from ..worker.runner import run_worker
+from .delivery import SECRET, Delivery, RouterUnderTest, signed_headers
 from .fake_ogsm import FakeOgsm
 from .fake_osma import TEST_KEY, FakeOsma
-from .server import LiveServer
 
-SECRET = "whsec_osma_router_pytest"
-
-
-def signed_headers(body: bytes, secret: str = SECRET) -> dict[str, str]:
-    return {"content-type": "application/json", "osma-signature": sign(body, secret, int(time.time()))}
-
-
-class RouterUnderTest:
-    """A receiver serving real HTTP on a loopback port, and a way to run its jobs."""
-
-    def __init__(self, settings: Settings, registry: HandlerRegistry) -> None:
-        self.settings = settings
-        self.registry = registry
-        config = load_config(settings.config_path, registry)
-        self.state = build_state(settings, config=config, registry=registry)
-        self.server = LiveServer(create_app(self.state)).start()
-        self.url = self.server.url
-        self.http = httpx.Client(base_url=self.url, timeout=10)
-        self.queues = [settings.queue_name] + sorted({r.queue for r in config.routes if r.queue})
-
-    def post(self, event: Mapping[str, Any] | bytes, secret: str = SECRET) -> httpx.Response:
-        body = event if isinstance(event, bytes) else orjson.dumps(event)
-        return self.http.post("/webhooks/osma", content=body, headers=signed_headers(body, secret))
-
-    def drain(self) -> None:
-        """Run every queued job with a burst worker in this process."""
-        redis = Redis.from_url(self.settings.require_redis_url())
-        runtime = WorkerRuntime.build(self.settings, redis, self.registry)
-        try:
-            run_worker(runtime, self.queues, burst=True)
-        finally:
-            redis.close()
-
-    def close(self) -> None:
-        self.http.close()
-        self.server.stop()
+__all__ = ["SECRET", "RouterUnderTest", "signed_headers"]
 
 
 @pytest.fixture(scope="session")
@@ -188,15 +146,14 @@ def osma_router(
 
 
 @pytest.fixture
-def deliver(osma_router: RouterUnderTest) -> Callable[..., httpx.Response]:
-    """`deliver(event, drain=True)`: sign and POST an event, then run the jobs it queued."""
+def deliver(osma_router: RouterUnderTest) -> Callable[..., Delivery]:
+    """`deliver(event, drain=True, raise_on_failure=True)`: sign and POST an event, then run
+    the jobs it queued (retries at once); returns a `Delivery`, raises `HandlerFailed`."""
 
-    def deliver(event: Mapping[str, Any] | bytes, *, drain: bool = True) -> httpx.Response:
-        response = osma_router.post(event)
-        if response.status_code >= 300:
-            raise AssertionError(f"the receiver answered {response.status_code}: {response.text}")
-        if drain:
-            osma_router.drain()
-        return response
+    def deliver(
+        event: Mapping[str, Any] | bytes, *, drain: bool = True, raise_on_failure: bool = True
+    ) -> Delivery:
+        __tracebackhide__ = True
+        return osma_router.deliver(event, drain=drain, raise_on_failure=raise_on_failure)
 
     return deliver

@@ -39,6 +39,7 @@ ACTION_BODY_SETTING = "OSMA_ROUTER_OGSM_ACTION_BODY"
 _ACTION_WRITE = re.compile(r"/actions(/[^/]+)?\.json\Z")
 # 4xx answers that speak of the request's credentials, target or pace, never of its body.
 _NOT_ABOUT_THE_BODY = frozenset({401, 403, 404, 408, 425, 429})
+_DETAIL_KEPT = 500  # characters of OGSM's error messages kept in the exception's message
 
 
 def iso_date(value: date | str) -> str:
@@ -62,14 +63,27 @@ def check_value(value: object) -> float | int:
 
 
 def describe_ogsm_error(response: httpx.Response) -> str:
-    """The reason phrase, and OGSM's `error`/`errors` field when the body has one."""
+    """The reason phrase, and the messages of OGSM's `error` / `errors` field when the body
+    has one: `Unprocessable Entity: indicator: indicator 7 does not exist`."""
     reason = response.reason_phrase or "error"
     try:
         body = orjson.loads(response.content)
     except orjson.JSONDecodeError:
         return reason
     detail = body.get("errors", body.get("error")) if isinstance(body, dict) else None
-    return f"{reason}: {orjson.dumps(detail).decode()[:300]}" if detail else reason
+    text = _messages(detail)
+    return f"{reason}: {text[:_DETAIL_KEPT]}" if text else reason
+
+
+def _messages(detail: Any) -> str:
+    """`{"field": ["message", ...]}`, `["message", ...]` or `"message"` as one line."""
+    if isinstance(detail, str):
+        return detail
+    if isinstance(detail, list):
+        return "; ".join(_messages(item) for item in detail if item)
+    if isinstance(detail, dict):
+        return "; ".join(f"{field}: {_messages(value)}" for field, value in detail.items() if value)
+    return orjson.dumps(detail).decode() if detail else ""
 
 
 def action_body_hint(action_body: str) -> str:

@@ -87,6 +87,20 @@ def run_flushes(router, redis) -> None:
     router.drain()
 
 
+@pytest.fixture
+def deliver(osma_router):
+    """The windows are the subject here: post, then drain with a plain burst worker, so a
+    flush waits for its window (the plugin's `deliver` runs scheduled jobs at once)."""
+
+    def deliver(event, *, drain=True):
+        delivery = osma_router.deliver(event, drain=False)
+        if drain:
+            osma_router.drain()
+        return delivery
+
+    return deliver
+
+
 @pytest.fixture(autouse=True)
 def _targets(fake_ogsm):
     fake_ogsm.add_indicator(id=456)
