@@ -88,8 +88,10 @@ BOUNDED = {
     "osma_router:metrics:jobs": "a counter hash: one field per handler and outcome",
     "osma_router:metrics:upstream": "a counter hash: one field per upstream and status",
     "osma_router:metrics:rate_limit_waits": "a counter hash: two fields per upstream",
-    "osma_router:osmos:commits:*": "one counter per configured connector",
     "osma_router:osmos:inflight": "the batches being stored right now",
+    "osma_router:osmos:reserved": "one field per batch being stored",
+    "osma_router:osmos:holder:*": "one per configured connector",
+    "osma_router:osmos:chunk:*:*": "a stored batch's records while its jobs still have to run",
     "osma_router:recent": "capped by count",
 }
 NOT_THE_SERVICES = ("test:*",)  # the sample plugin's own records
