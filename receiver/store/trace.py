@@ -2,7 +2,10 @@
 mark (when it was received, how many times it came, which jobs it queued), its RQ jobs,
 and its effects in the ledger. `osma-router trace` prints it; the console shows it.
 
-Ids, states, times, error types and messages only: no event body is read or returned.
+Ids, states, times, error types and messages only. An error message is returned with
+the values of its event masked, as the worker's log line has it (a handler may quote the
+event in its exceptions); that is the one use of an event body here, and only of one kept
+in clear (with encryption keys, a stored error is its type alone).
 
 - Jobs. Job ids are deterministic per (event, route), so the jobs of an event are found
   from the routes file and the dedup mark without scanning. A job that succeeded leaves
@@ -28,9 +31,12 @@ from typing import Any
 
 import orjson
 from redis import Redis
+from rq.job import Job
 from rq.registry import ScheduledJobRegistry
+from rq.serializers import JSONSerializer
 
 from ..keys import RQ_JOB_PREFIX, dedup_key, effect_key, effects_of_key
+from ..logs import masked, masked_values
 from ..model.connectors import SOURCE as OSMOS
 from ..model.connectors import Connector
 from ..model.plugins import HandlerRegistry
@@ -184,7 +190,7 @@ def load_trace(
             event_type = event_type or description.group(3)
         handler = route.handler if route is not None else description.group(1) if description else None
         jobs.append(_job(job_id, route_key, handler, fields))
-    jobs = _with_retry_times(redis, jobs, found)
+    jobs = _with_retry_times(redis, [_with_error_masked(redis, job) for job in jobs], found)
 
     effects = _read_effects(redis, event_id, indexed, jobs)
     if mark is None and not jobs and not effects:
@@ -252,6 +258,18 @@ def _with_retry_times(
     return [
         _replace_retry(job, scores[job.job_id]) if scores.get(job.job_id) is not None else job for job in jobs
     ]
+
+
+def _with_error_masked(redis: Redis, job: JobTrace) -> JobTrace:
+    """The job with the values of its event masked in its error message."""
+    if job.last_error is None:
+        return job
+    try:
+        spec = Job.fetch(job.job_id, connection=redis, serializer=JSONSerializer).args[0]
+        values = masked_values(orjson.loads(spec["body"])) if "body" in spec else set()
+    except Exception:  # gone meanwhile, not ours, or not JSON: nothing there to mask against
+        values = set()
+    return replace(job, last_error=masked(job.last_error, values)) if values else job
 
 
 def _replace_retry(job: JobTrace, score: float) -> JobTrace:

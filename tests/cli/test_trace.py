@@ -110,6 +110,24 @@ def test_no_member_data_in_what_it_prints(start_receiver, redis_server):
         assert "Plantedname" not in result.stdout + result.stderr
 
 
+def test_a_handler_error_that_quotes_the_event_is_printed_with_its_values_masked(
+    start_receiver, redis_server
+):
+    receiver = start_receiver('[[routes]]\non = "member.*"\nhandler = "sample.leaky"\nretries = 0\n')
+    body = make_event(
+        "member.updated",
+        event_id="evt_leaky",
+        obj={"id": "mem_1", "object": "member", "name": MEMBER_NAME},
+    )
+    receiver.post(body)
+    receiver.drain()
+    for args in ((), ("--json",)):
+        result = trace("evt_leaky", redis_server.url, receiver.settings.config_path, *args)
+        assert result.returncode == 0, result.stderr
+        assert "ValueError: cannot file the visit of ***" in result.stdout
+        assert "Plantedname" not in result.stdout + result.stderr
+
+
 def test_a_forced_replay_s_jobs_are_traced_too(start_receiver, redis, redis_server, tmp_path):
     receiver = start_receiver(ROUTES)
     body = make_event("member.created", event_id="evt_forced")
