@@ -65,6 +65,9 @@ def osmos_chunk_key(member: str, number: int) -> str:
     return f"{PREFIX}:osmos:chunk:{member}:{number}"
 
 
+OSMOS_CHUNK_PATTERN = f"{PREFIX}:osmos:chunk:*"  # every chunk key (`rekey` re-seals them)
+
+
 def rate_limit_key(scope: str, endpoint: str) -> str:
     return f"{PREFIX}:ratelimit:{scope}:{endpoint}"
 

@@ -11,6 +11,9 @@ the same step with no old key: what was stored in clear before is sealed.
   re-sealed; one kept in clear (the meta's `last_error`, the job hash's `exc_info`, RQ's
   results stream) is sealed into the meta and RQ's copies keep only the exception type
   (`store/failed.py`).
+- Osmos record chunks (`store/osmos_chunks.py`) sealed under an older key are re-sealed.
+  One stored in clear is counted, not sealed: the jobs that read it were queued saying
+  so, and a job already taken by a worker would then find a blob it cannot read.
 
 Each write is a compare-and-set in Redis, so deliveries and workers running meanwhile
 lose nothing; what is already under the newest key is left alone, so running it twice is
@@ -33,12 +36,19 @@ from cryptography.fernet import Fernet, InvalidToken
 from redis import Redis
 
 from ..crypto import Sealer
-from ..keys import CAPTURE_DUPLICATES_KEY, CAPTURE_KEY, RQ_JOB_PREFIX, RQ_RESULTS_PREFIX
+from ..keys import (
+    CAPTURE_DUPLICATES_KEY,
+    CAPTURE_KEY,
+    OSMOS_CHUNK_PATTERN,
+    RQ_JOB_PREFIX,
+    RQ_RESULTS_PREFIX,
+)
 from .capture import StoredCapture, stored_captures
 from .enqueue import JOB_FUNCTION
 from .failed import SEALED_FIELDS, is_stub, kind_of, sealed_stub
 
 _BATCH = 200
+_FERNET_PREFIX = b"gAAAAA"  # every Fernet token starts so (version byte 0x80, base64)
 COPY_TTL_MS = 24 * 3600 * 1000  # a copy left by a rekey that died midway goes by itself
 
 # Stream entries cannot be changed in place: the re-sealed copy is built beside the
@@ -61,9 +71,10 @@ end
 return #tail
 """
 
-# KEYS[1]: a job hash. ARGV: field count, then per field: name, value when read ('' when
-# absent), new value ('' to delete). All or nothing: 0 when any field changed meanwhile.
-_REWRITE_JOB = """
+# KEYS[1]: a hash (a job, a chunk). ARGV: field count, then per field: name, value when
+# read ('' when absent), new value ('' to delete). All or nothing: 0 when any field
+# changed meanwhile.
+_REWRITE_FIELDS = """
 local n = tonumber(ARGV[1])
 for i = 0, n - 1 do
   if (redis.call('HGET', KEYS[1], ARGV[2 + 3 * i]) or '') ~= ARGV[3 + 3 * i] then return 0 end
@@ -135,7 +146,7 @@ class Rekeyer:
         self.sealer = sealer
         self._newest = Fernet(newest_key)
         self._swap = redis.register_script(_SWAP_CAPTURES)
-        self._job = redis.register_script(_REWRITE_JOB)
+        self._rewrite = redis.register_script(_REWRITE_FIELDS)
         self._results = redis.register_script(_REWRITE_RESULTS)
 
     def __repr__(self) -> str:
@@ -199,7 +210,7 @@ class Rekeyer:
             args: list[Any] = [len(change.fields)]
             for name, (old, new) in change.fields.items():
                 args.extend((name, old, new))
-            done = bool(self._job(keys=[key], args=args))
+            done = bool(self._rewrite(keys=[key], args=args))
             for what, report in ((change.payload, payloads), (change.failure, failures)):
                 if what and done:
                     report.resealed += what == "resealed"
@@ -303,6 +314,26 @@ class Rekeyer:
             if args and not self._results(keys=[key, key + b":rekey"], args=args):
                 report.changed_meanwhile += 1
 
+    # Osmos chunks ---------------------------------------------------------------------
+
+    def chunks(self) -> RekeyReport:
+        report = RekeyReport()
+        for key in self.redis.scan_iter(match=OSMOS_CHUNK_PATTERN, count=1000, _type="hash"):
+            blob = _bytes(self.redis.hget(key, "records"))
+            if not blob:
+                continue
+            if not blob.startswith(_FERNET_PREFIX):
+                report.plaintext += 1  # see the module docstring: left as it is
+                continue
+            new = self._reseal(blob, report)
+            if new is None:
+                continue
+            if self._rewrite(keys=[key], args=[1, "records", blob, new]):
+                report.resealed += 1
+            else:
+                report.changed_meanwhile += 1
+        return report
+
 
 def _bytes(value: bytes | str | None) -> bytes:
     return value.encode("utf-8") if isinstance(value, str) else value or b""
@@ -349,3 +380,4 @@ def iter_reports(rekeyer: Rekeyer) -> Iterator[tuple[str, RekeyReport]]:
     yield "job payloads", payloads
     rekeyer.results(failures)
     yield "failure messages", failures
+    yield "Osmos record chunks", rekeyer.chunks()

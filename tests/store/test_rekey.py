@@ -1,10 +1,12 @@
 """`osma-router rekey` after encryption is turned on: job payloads stored in clear before
-(queued, scheduled for a retry, failed) are sealed, counted, and still run."""
+(queued, scheduled for a retry, failed) are sealed, counted, and still run; and after a
+new key is put first, Osmos record chunks move to it, so the old key can go."""
 
 from __future__ import annotations
 
 import time
 
+import orjson
 from cryptography.fernet import Fernet
 from rq.registry import ScheduledJobRegistry
 from rq.serializers import JSONSerializer
@@ -74,4 +76,37 @@ def test_rekey_seals_payloads_stored_in_clear_and_the_jobs_still_run(start_recei
         "evt_rk_updated|sample.flaky|attempt|2",
     ]
     assert list(FailedJobs(redis, ["osma-router"])) == [] and scheduled.count == 0
+    assert plaintext_hits(redis, [NAME]) == []
+
+
+TOKEN = "osmos-rekey-token-1234"
+OSMOS_ROUTES = """
+[[routes]]
+on = "osmos.crm.record"
+handler = "sample.record"
+label = "crm"
+
+[connectors.crm]
+header = "Authorization"
+token = "env:REKEY_OSMOS_TOKEN"
+event_type = "osmos.crm.record"
+fields = [{ name = "name", type = "string", nullable = false }]
+"""
+
+
+def test_rekey_moves_osmos_record_chunks_to_the_new_key(start_receiver, redis, redis_server, monkeypatch):
+    monkeypatch.setenv("REKEY_OSMOS_TOKEN", TOKEN)
+    old = start_receiver(OSMOS_ROUTES, OSMA_ROUTER_ENCRYPTION_KEYS=KEY)
+    records = orjson.dumps([{"name": NAME.decode()}, {"name": "Someone Else"}])
+    headers = {"authorization": TOKEN, "content-type": "application/json"}
+    assert old.http.post("/ingest/osmos/crm", content=records, headers=headers).status_code == 202
+
+    new_key = Fernet.generate_key().decode()
+    rekey = osma_router(["rekey"], env_for(redis_server.url, OSMA_ROUTER_ENCRYPTION_KEYS=f"{new_key},{KEY}"))
+    assert rekey.returncode == 0, rekey.stderr
+    assert "Osmos record chunks: 1 re-encrypted, 0 already under the newest key, 0 found in clear" in (
+        rekey.stdout
+    )
+    start_receiver(OSMOS_ROUTES, OSMA_ROUTER_ENCRYPTION_KEYS=new_key).drain()  # the old key is gone
+    assert len([line for line in handled(redis) if "|sample.record|crm|1" in line]) == 2
     assert plaintext_hits(redis, [NAME]) == []

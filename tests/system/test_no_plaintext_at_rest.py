@@ -1,6 +1,7 @@
 """With `OSMA_ROUTER_ENCRYPTION_KEYS` set, no member data is readable in Redis, whatever
 path an event takes: accepted, run, failed, retried (by its policy and from the failed
-registry), captured, replayed (over HTTP and onto the queue) and, for what was stored
+registry), captured, replayed (over HTTP and onto the queue), an Osmos batch whose record
+fails, and, for what was stored
 before encryption was turned on, rekeyed. After each step every key and every value
 (strings, hashes, lists, sets, sorted sets, streams; decompressed and base64-decoded the
 ways RQ stores them) is searched for a member's name that sits in the event bodies and in
@@ -11,6 +12,8 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+import orjson
+import pytest
 from cryptography.fernet import Fernet
 from redis import Redis
 from rq.registry import ScheduledJobRegistry
@@ -20,6 +23,7 @@ from tests.at_rest_support import plaintext_hits
 from tests.support import SECRET, env_for, handled, make_event, osma_router
 
 KEY = Fernet.generate_key().decode()
+TOKEN = "osmos-at-rest-token-1234"
 FIRST, LAST = "Wilhelmina", "Throgmorton"
 NAME = f"{FIRST} {LAST}"
 WORDS = [NAME.encode(), FIRST.encode(), LAST.encode()]
@@ -42,6 +46,17 @@ handler = "sample.leaky"
 succeed_on = 2
 retries = 1
 backoff = [1]
+
+[[routes]]
+on = "osmos.crm.record"
+handler = "sample.leaky"
+retries = 0
+
+[connectors.crm]
+header = "Authorization"
+token = "env:REST_OSMOS_TOKEN"
+event_type = "osmos.crm.record"
+fields = [{ name = "name", type = "string", nullable = false }]
 """
 
 
@@ -57,8 +72,12 @@ def wait_for_scheduled(redis: Redis) -> None:
         time.sleep(max(0.0, max(due) - time.time()) + 0.2)
 
 
-def test_no_member_data_in_clear_in_redis_after_any_path(start_receiver, redis, redis_server, tmp_path: Path):
-    keyed = env_for(redis_server.url, write_routes(tmp_path), OSMA_ROUTER_ENCRYPTION_KEYS=KEY)
+def test_no_member_data_in_clear_in_redis_after_any_path(
+    start_receiver, redis, redis_server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    monkeypatch.setenv("REST_OSMOS_TOKEN", TOKEN)
+    routes = write_routes(tmp_path)
+    keyed = env_for(redis_server.url, routes, OSMA_ROUTER_ENCRYPTION_KEYS=KEY, REST_OSMOS_TOKEN=TOKEN)
     receiver = start_receiver(ROUTES, OSMA_ROUTER_ENCRYPTION_KEYS=KEY, OSMA_ROUTER_CAPTURE="on")
     member = make_event("member.created", event_id="evt_rest_member", obj=MEMBER)
     failing = make_event("task.completed", event_id="evt_rest_fails", obj=TASK)
@@ -84,6 +103,14 @@ def test_no_member_data_in_clear_in_redis_after_any_path(start_receiver, redis, 
     assert "evt_rest_fails|sample.leaky|attempt|2" in handled(redis)
     assert redis.zcard("rq:failed:osma-router") == 1
     assert_nothing_in_clear(redis, "a failed job retried from the failed registry failed again")
+
+    batch = orjson.dumps([{"name": NAME}, {"name": "Someone Else"}])
+    headers = {"authorization": TOKEN, "content-type": "application/json"}
+    assert receiver.http.post("/ingest/osmos/crm", content=batch, headers=headers).status_code == 202
+    assert_nothing_in_clear(redis, "an Osmos batch was stored")
+    receiver.drain()
+    assert redis.zcard("rq:failed:osma-router") == 3  # its two records failed, each a job of its own
+    assert_nothing_in_clear(redis, "an Osmos batch's records failed")
 
     capture = tmp_path / "capture.jsonl"
     export = osma_router(["capture", "export", str(capture)], keyed)
