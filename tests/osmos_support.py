@@ -62,7 +62,7 @@ def _records(redis: Redis, queue: str, sealer: Sealer | None) -> Iterator[Queued
         blob = redis.hget(spec["chunk"], "records")
         assert blob is not None, f"chunk job {job_id} has no chunk"
         coder = EventCoder(spec["event_type"], parse_time(spec["received_at"]))  # type: ignore[arg-type]
-        for record in chunk_records(spec, unpack_records(blob, sealer, spec["sealed"])):
+        for record in chunk_records(spec, unpack_records(blob, sealer)):
             event = coder.event(record.event_id, record.canonical)
             yield QueuedRecord(job_id, record.event_id, route, spec, event)
 

@@ -28,6 +28,7 @@ from rq.serializers import JSONSerializer
 
 from ..crypto import Sealer
 from ..exceptions import NoSuchFailedJob, PermanentError
+from .osmos_chunks import CHUNK_KIND
 
 SEALED_FIELDS = ("last_error_sealed", "traceback_sealed")
 SEALED_NOTE = "(message and traceback sealed: `osma-router failed show` opens them with the key)"
@@ -109,7 +110,7 @@ def _describe(job: Job, queue: str, sealer: Sealer | None) -> FailedJob:
     return FailedJob(
         job_id=job.id,
         queue=queue,
-        event_id=str(spec.get("event_id", "-")),
+        event_id=str(spec.get("event_id") or _records_of(spec)),
         event_type=str(spec.get("event_type", "-")),
         handler=str(route.get("handler", "-")),
         route=str(route.get("key", "-")),
@@ -118,6 +119,14 @@ def _describe(job: Job, queue: str, sealer: Sealer | None) -> FailedJob:
         ended_at=job.ended_at.isoformat() if job.ended_at else "-",
         traceback=traceback if traceback is not None else exc_text,
     )
+
+
+def _records_of(spec: Mapping[str, Any]) -> str:
+    """What a job without an event id ran: an Osmos chunk job failed as a whole (its blob
+    unreadable, its handler unknown) names how many records wait in it."""
+    if spec.get("kind") == CHUNK_KIND:
+        return f"({spec.get('records', '?')} Osmos records)"
+    return "-"
 
 
 def _exc_text(job: Job) -> str:

@@ -45,6 +45,7 @@ from .enqueue import (
 
 CHUNK_JOB_FUNCTION = "receiver.jobs.run_osmos_chunk"
 CHUNK_KIND = "osmos_chunk"
+FERNET_PREFIX = b"gAAAAA"  # every Fernet token starts so (version byte 0x80, base64)
 COMPRESSION_LEVEL = 1  # zlib: a 250k-record batch in ~0.2 s, about a sixth of its size
 
 
@@ -54,9 +55,11 @@ def pack_records(lines: Sequence[bytes], sealer: Sealer | None) -> bytes:
     return sealer.seal(packed).encode("ascii") if sealer is not None else packed
 
 
-def unpack_records(blob: bytes, sealer: Sealer | None, sealed: bool) -> list[bytes]:
-    """The lines of a chunk blob (`PermanentError` when sealed and unreadable)."""
-    if sealed:
+def unpack_records(blob: bytes, sealer: Sealer | None) -> list[bytes]:
+    """The lines of a chunk blob, sealed or not (a Fernet token starts `gAAAAA`, zlib data
+    never does), so a blob sealed after its jobs were queued (`rekey`) still reads;
+    `PermanentError` when it is sealed and cannot be opened."""
+    if blob.startswith(FERNET_PREFIX):
         if sealer is None:
             raise PermanentError(
                 "this chunk's records are encrypted but OSMA_ROUTER_ENCRYPTION_KEYS is not set on the worker"

@@ -111,7 +111,7 @@ class ChunkRun:
         blob = self.chunks.read(str(spec["chunk"]))
         if blob is None:
             raise PermanentError("this chunk's records are no longer in Redis")
-        lines = unpack_records(blob, runtime.sealer, bool(spec.get("sealed")))
+        lines = unpack_records(blob, runtime.sealer)
         try:
             handler = runtime.registry.get(str(self.route["handler"]))
             params = handler.check_params(self.route.get("params", {}))

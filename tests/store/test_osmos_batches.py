@@ -140,8 +140,8 @@ def test_a_sealed_chunk_opens_to_the_records_and_their_events(redis_server: Any,
     blob = pack_records([canonical_json(record)], sealer)
     assert b"cus_secret" not in blob
     with pytest.raises(Exception, match="OSMA_ROUTER_ENCRYPTION_KEYS"):
-        unpack_records(blob, None, True)
-    (line,) = unpack_records(blob, sealer, True)
+        unpack_records(blob, None)
+    (line,) = unpack_records(blob, sealer)
     event_id = record_event_id(Store(redis_server.url).connector, record)
     assert orjson.loads(EventCoder("osmos.crm.record", RECEIVED).event(event_id, line)) == {
         "id": event_id,
