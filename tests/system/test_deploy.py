@@ -17,6 +17,7 @@ import sys
 import zipfile
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 import yaml
@@ -49,6 +50,12 @@ def command_of(args: list[str]) -> str:
 
 def option(args: list[str], name: str) -> str:
     return args[args.index(name) + 1]
+
+
+def env_example(name: str) -> dict[str, str]:
+    """The settings of deploy/NAME.example (the env file an operator fills in)."""
+    lines = (DEPLOY / f"{name}.example").read_text().splitlines()
+    return dict(line.split("=", 1) for line in lines if line and not line.startswith("#"))
 
 
 def check_variables(names: set[str]) -> None:
@@ -217,11 +224,14 @@ def test_compose_runs_redis_with_aof_receiver_workers_and_caddy():
     receiver, worker = services["receiver"], services["worker"]
     assert command_of(receiver["command"]) == "cmd_serve" and command_of(worker["command"]) == "cmd_worker"
     assert (DEPLOY / receiver["build"]["context"] / receiver["build"]["dockerfile"]).is_file()
-    assert (DEPLOY / f"{receiver['env_file']}.example").is_file()
+    assert (receiver["env_file"], worker["env_file"]) == ("receiver.env", "worker.env")
     for service in (receiver, worker):
+        # Redis as the role's own user, from the role's own env file (the URL holds a password).
+        url = urlsplit(env_example(service["env_file"])["OSMA_ROUTER_REDIS_URL"])
+        assert (url.username, url.hostname, url.port) == (service["env_file"][:-4], "redis", 6379)
+        assert "OSMA_ROUTER_REDIS_URL" not in service["environment"]
         probe = service["healthcheck"]["test"]
         assert probe[:2] == ["CMD", "osma-router"] and command_of(probe[2:]) == "cmd_healthcheck"
-        assert service["environment"]["OSMA_ROUTER_REDIS_URL"].startswith("redis://redis:6379")
         assert _seconds(service["stop_grace_period"]) >= 30
         for volume in service["volumes"]:
             assert (DEPLOY / volume.split(":")[0]).is_file()
@@ -238,11 +248,7 @@ def test_compose_runs_redis_with_aof_receiver_workers_and_caddy():
     names = set()
     for service in (receiver, worker):
         names |= set(service["environment"])
-    names |= {
-        line.split("=", 1)[0]
-        for line in (DEPLOY / "osma-router.env.example").read_text().splitlines()
-        if line and not line.startswith("#")
-    }
+    names |= set(env_example("receiver.env")) | set(env_example("worker.env"))
     check_variables(names)
 
 
@@ -280,7 +286,13 @@ def test_kubernetes_has_every_piece():
             "Deployment",
             "Service",
             "Ingress",
+            "Ingress",
             "Deployment",
+            "NetworkPolicy",
+            "NetworkPolicy",
+            "NetworkPolicy",
+            "NetworkPolicy",
+            "NetworkPolicy",
             "HorizontalPodAutoscaler",
             "HorizontalPodAutoscaler",
             "PodDisruptionBudget",
@@ -301,11 +313,12 @@ def test_kubernetes_receiver_probes_ports_and_ingress_agree():
     service = find(documents, "Service", "osma-router-receiver")
     assert service["spec"]["selector"] == deployment["spec"]["selector"]["matchLabels"]
     assert service["spec"]["ports"][0]["targetPort"] == port["name"]
-    ingress = find(documents, "Ingress", "osma-router")
-    assert ingress["spec"]["tls"][0]["secretName"]
-    assert ingress["spec"]["tls"][0]["hosts"] == [rule["host"] for rule in ingress["spec"]["rules"]]
-    paths = ingress["spec"]["rules"][0]["http"]["paths"]
-    assert {p["path"] for p in paths} == {"/webhooks", "/ingest"}  # never /metrics
+    paths = []
+    for ingress in (d for d in documents if d["kind"] == "Ingress"):
+        assert ingress["spec"]["tls"][0]["secretName"]
+        assert ingress["spec"]["tls"][0]["hosts"] == [rule["host"] for rule in ingress["spec"]["rules"]]
+        paths += ingress["spec"]["rules"][0]["http"]["paths"]
+    assert {p["path"] for p in paths} == {"/webhooks", "/ingest/osmos"}  # never /metrics
     for path in paths:
         backend = path["backend"]["service"]
         assert backend["name"] == service["metadata"]["name"]
@@ -332,16 +345,20 @@ def test_kubernetes_worker_hpa_and_pdb_agree():
 
 def test_kubernetes_settings_and_secrets():
     documents = manifests()
-    example = yaml.safe_load((KUBERNETES / "secret.example.yaml").read_text())
-    assert example["kind"] == "Secret"
-    secret_keys = set(example["stringData"])
+    examples = {
+        d["metadata"]["name"]: d for d in yaml.safe_load_all((KUBERNETES / "secret.example.yaml").read_text())
+    }
+    assert all(d["kind"] == "Secret" for d in examples.values())
+    secret_keys = set().union(*(set(d["stringData"]) for d in examples.values()))
     names = set(find(documents, "ConfigMap", "osma-router-settings")["data"]) | secret_keys
     for deployment in (d for d in documents if d["kind"] == "Deployment"):
         container = deployment["spec"]["template"]["spec"]["containers"][0]
         assert {"configMapRef": {"name": "osma-router-settings"}} in container["envFrom"]
         for variable in container["env"]:
             ref = variable["valueFrom"]["secretKeyRef"]
-            assert ref["name"] == example["metadata"]["name"] and ref["key"] in secret_keys
+            # Each role reads only its own Secret.
+            assert ref["name"] == deployment["metadata"]["name"]
+            assert ref["key"] in examples[ref["name"]]["stringData"]
             names.add(variable["name"])
         assert container["securityContext"]["readOnlyRootFilesystem"] is True
         assert deployment["spec"]["template"]["spec"]["securityContext"]["runAsNonRoot"] is True
@@ -386,18 +403,17 @@ def unit(name: str) -> dict[str, list[str]]:
 
 
 def unit_environment(entries: dict[str, list[str]], redis_url: str) -> dict[str, str]:
-    env = {}
-    example = DEPLOY / "osma-router.env.example"
-    assert entries["EnvironmentFile"] == ["/etc/osma-router/osma-router.env"]
-    for line in example.read_text().splitlines():
-        if line and not line.startswith("#"):
-            key, _, value = line.partition("=")
-            env[key] = value
+    """The unit's environment: its own env file's example, then its Environment= lines."""
+    (env_file,) = entries["EnvironmentFile"]
+    assert env_file.startswith("/etc/osma-router/")
+    env = env_example(Path(env_file).name)
     for value in entries.get("Environment", []):
         key, _, val = value.partition("=")
         env[key] = val
     # What an operator fills in, and where this machine keeps the files.
-    env.update(OSMA_ROUTER_REDIS_URL=redis_url, OSMA_ROUTER_WEBHOOK_SECRETS=SECRET)
+    env["OSMA_ROUTER_REDIS_URL"] = redis_url
+    if "OSMA_ROUTER_WEBHOOK_SECRETS" in env:  # the receiver's; workers run without them
+        env["OSMA_ROUTER_WEBHOOK_SECRETS"] = SECRET
     assert env["OSMA_ROUTER_CONFIG"] == "/etc/osma-router/osma-router.toml"
     env["OSMA_ROUTER_CONFIG"] = str(DEPLOY / "osma-router.toml")
     return {k: v for k, v in env.items() if v}
