@@ -266,6 +266,7 @@ def test_each_role_works_as_its_redis_user_and_the_receiver_can_do_no_more(acl_r
         assert worker.wait(60) == 0, worker.stderr()
     admin.delete("test:broken")
     for args in (
+        ["status"],
         ["failed", "list"],
         ["failed", "retry", "--all"],
         ["worker", "--burst"],
