@@ -26,6 +26,11 @@ JOB_COUNTS_KEY = f"{PREFIX}:metrics:jobs"  # field "<handler>|<outcome>"
 UPSTREAM_CALLS_KEY = f"{PREFIX}:metrics:upstream"  # field "<upstream>|<status>"
 RATE_LIMIT_WAITS_KEY = f"{PREFIX}:metrics:rate_limit_waits"  # fields "<upstream>|waits", "|seconds"
 
+# Deliveries per minute by outcome (the console's overview): one hash per minute.
+ACTIVITY_PREFIX = f"{PREFIX}:activity:"
+# The most recent webhook events (the console's event list), capped by count.
+RECENT_EVENTS_KEY = f"{PREFIX}:recent"
+
 # Osmos batches: those being stored (with their deadlines), and the Redis memory each may take.
 OSMOS_INFLIGHT_KEY = f"{PREFIX}:osmos:inflight"
 OSMOS_RESERVED_KEY = f"{PREFIX}:osmos:reserved"

@@ -79,6 +79,13 @@ def _secret(name: str, value: str) -> Secret:
     return Secret(value)
 
 
+def _login_token(name: str, value: str) -> Secret:
+    # The console's login form has no attempt limit: the token itself must resist guessing.
+    if len(value) < 16:
+        raise ConfigError(f"{PREFIX}{name} must be at least 16 characters (a long random string)")
+    return Secret(value)
+
+
 def _secret_list(name: str, value: str) -> tuple[Secret, ...]:
     return tuple(Secret(part.strip()) for part in value.split(",") if part.strip())
 
@@ -406,6 +413,7 @@ _TABLE: tuple[_Row, ...] = (
     # Handler plugins to load, by entry point name; unset loads all. check-config lists them itself.
     _Row("PLUGINS", "plugins", _entry_point_names, None, None),
     _Row("QUEUE", "queue_name", _queue_name, "osma-router", "{}"),
+    _Row("CONSOLE_TOKEN", "console_token", _login_token, None, _or("- (console: loopback only)")),
 )
 # fmt: on
 
@@ -447,6 +455,8 @@ class Settings:
     shutdown_grace: float = _DEFAULT["shutdown_grace"]
     # seconds a webhook body may take to arrive (slow clients: 408)
     body_timeout: float = _DEFAULT["body_timeout"]
+    # the operator console's login token; without it the console serves loopback only
+    console_token: Secret | None = _DEFAULT["console_token"]
     # the handler plugins (entry point names) to load; None: every installed one
     plugins: tuple[str, ...] | None = _DEFAULT["plugins"]
     # Not settings: the rest of the environment, for plugins that read their own variables.

@@ -12,6 +12,7 @@ from ..exceptions import ConfigError, RouterError
 from . import (
     capture,
     config,
+    console,
     failed,
     health,
     rekey,
@@ -67,6 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
     replay.add_commands(sub)
     rekey.add_commands(sub)
     status.add_commands(sub)
+    console.add_commands(sub)
     health.add_commands(sub)
     return parser
 

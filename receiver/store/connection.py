@@ -36,7 +36,7 @@ BATCH_REDIS_TIMEOUT = 60.0  # seconds a script of a big Osmos batch may take (a 
 # answers any of these with 503; anything else is a bug and is not dressed up as one.
 UNAVAILABLE: tuple[type[BaseException], ...] = (StoreError, RedisError, OSError, TimeoutError)
 
-SyncRole = Literal["scrape", "worker", "command", "status", "probe"]
+SyncRole = Literal["scrape", "worker", "command", "status", "probe", "console"]
 AsyncRole = Literal["receiver", "batch"]
 
 
@@ -55,6 +55,7 @@ POLICIES: dict[str, Policy] = {
     "command": Policy(),
     "status": Policy(10.0, 5.0),
     "probe": Policy(3.0, 3.0),
+    "console": Policy(5.0, 3.0),  # a page that waits longer than this says Redis is slow
 }
 
 

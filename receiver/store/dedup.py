@@ -23,16 +23,18 @@ import orjson
 from redis.asyncio import Redis as AsyncRedis
 
 from ..exceptions import StoreError
-from ..keys import RQ_JOB_PREFIX, RQ_QUEUE_PREFIX, RQ_QUEUES_KEY, dedup_key
+from ..keys import RECENT_EVENTS_KEY, RQ_JOB_PREFIX, RQ_QUEUE_PREFIX, RQ_QUEUES_KEY, dedup_key
 from ..model.routes import job_id_head
 from .capture import CaptureWrite
 from .enqueue import JobWrite
+from .recent import RECENT_MAX, recent_member
 
-# KEYS: [1] rq:queues, then per event: its dedup key, [its capture and duplicates keys,]
-#       then per job: job key, queue key.
+# KEYS: [1] rq:queues, [2] the recent-events index, then per event: its dedup key, [its
+#       capture and duplicates keys,] then per job: job key, queue key.
 # ARGV: ttl_ms, now, every route's job-hash template as one JSON array of flat field lists
 #       (built once at start-up, so each call sends one constant string), event count,
 #       per event: job count, mode (1: force, 2: capture), received (ms), its jobs' marks,
+#       its member in the recent-events index,
 #       [capture: token, min entry id (ms), max count, ttl_ms,]
 #       per job: template no., job id, data, description.
 # The dedup key's value is what `trace` reads (see `DedupMark`): the received time, then
@@ -41,6 +43,8 @@ from .enqueue import JobWrite
 # duplicate costs more; a new event costs none (the SET was there already).
 # A forced event (a replay, under job ids of its own) queues its jobs even when seen and
 # leaves an existing dedup key's expiry as it is (its job marks are added to the value).
+# A new event is added to the recent-events index (the console's list), trimmed to its
+# cap by rank once per call.
 # A captured delivery is added to the capture stream whether new or duplicate (field
 # dup = 0 or 1); the stream is trimmed by age and count once per call, with the last
 # capture's limits.
@@ -49,15 +53,16 @@ local ttl = ARGV[1]
 local now = ARGV[2]
 local templates = cjson.decode(ARGV[3])
 local a = 4
-local k = 2
+local k = 3
 local results = {}
 local trim
+local recent_added = false
 local nevents = tonumber(ARGV[a]); a = a + 1
 for e = 1, nevents do
   local seen_key = KEYS[k]; k = k + 1
   local njobs = tonumber(ARGV[a]); a = a + 1
   local mode = tonumber(ARGV[a]); a = a + 1
-  local received, marks = ARGV[a], ARGV[a + 1]; a = a + 2
+  local received, marks, recent = ARGV[a], ARGV[a + 1], ARGV[a + 2]; a = a + 3
   local capture_key, capture
   if mode >= 2 then
     capture_key = {KEYS[k], KEYS[k + 1]}; k = k + 2
@@ -87,6 +92,8 @@ for e = 1, nevents do
   else
     if fresh then
       redis.call('SET', seen_key, received .. marks, 'PX', ttl)
+      redis.call('ZADD', KEYS[2], received, recent)
+      recent_added = true
     else
       local head, count = string.match(seen, '^(.-)#(%d+)$')
       head = head or seen
@@ -102,6 +109,9 @@ for e = 1, nevents do
     results[e] = write and 1 or 0
   end
 end
+if recent_added then
+  redis.call('ZREMRANGEBYRANK', KEYS[2], 0, -(RECENT_MAX + 1))
+end
 if trim then  -- once per call: under load one call carries many deliveries
   for _, key in ipairs(trim[5]) do
     redis.call('XTRIM', key, 'MINID', trim[2])
@@ -110,7 +120,7 @@ if trim then  -- once per call: under load one call carries many deliveries
   end
 end
 return results
-"""
+""".replace("RECENT_MAX", str(RECENT_MAX))
 
 
 class AdmitOutcome(Enum):
@@ -128,6 +138,7 @@ class Admission:
     capture: CaptureWrite | None = None  # set when OSMA_ROUTER_CAPTURE is on
     force: bool = False  # a replay with --force: queue the jobs even if the id was seen
     received_at: datetime | None = None  # kept in the dedup mark (default: when stored)
+    event_type: str = ""  # kept in the recent-events index
 
     def marks(self) -> str:
         """The jobs as the dedup mark keeps them: ":<tail>" each, the tail being what follows
@@ -251,7 +262,7 @@ class EventStore:
         return await self._committer.submit(admission)
 
     async def _store_batch(self, batch: list[Admission]) -> list[AdmitOutcome | BaseException]:
-        keys: list[str] = [RQ_QUEUES_KEY]
+        keys: list[str] = [RQ_QUEUES_KEY, RECENT_EVENTS_KEY]
         events_args: list[bytes | str | int] = [len(batch)]
         moment = datetime.now(UTC)
         for admission in batch:
@@ -261,6 +272,7 @@ class EventStore:
             events_args.append((2 if capture is not None else 0) + (1 if admission.force else 0))
             received = admission.received_at or moment
             events_args.extend((int(received.timestamp() * 1000), admission.marks()))
+            events_args.append(recent_member(admission.event_type, admission.event_id))
             if capture is not None:
                 keys.extend((capture.key, capture.duplicates_key))
                 events_args.extend((capture.token, capture.min_id_ms, capture.max_count, capture.ttl_ms))

@@ -116,6 +116,7 @@ class Pipeline:
                 capture=capture,
                 force=force_tag is not None,
                 received_at=received_at,
+                event_type=str(payload["type"]),
             )
         )
         return Admitted(outcome, len(jobs), held_back)

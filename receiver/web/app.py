@@ -21,6 +21,7 @@ from starlette.types import Receive, Scope, Send
 from ..logs import configure_logging
 from ..settings import Settings
 from ..store.connection import REDIS_TIMEOUT, UNAVAILABLE
+from .activity import ActivityRecorder
 from .openapi import openapi_json
 from .osmos import OsmosIngest
 from .state import ReceiverState, build_state
@@ -50,7 +51,10 @@ def create_app(state: ReceiverState) -> Starlette:
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        activity = asyncio.create_task(ActivityRecorder(state.metrics.deliveries, state.redis).run())
         yield
+        activity.cancel()
+        await asyncio.gather(activity, return_exceptions=True)
         await state.redis.aclose()
         state.sync_redis.close()
 
