@@ -58,7 +58,7 @@ def read_input(name: str) -> bytes:
 
 def configured_queues(settings: Settings) -> list[str]:
     """The default queue and every queue a route names, in the routes file's order."""
-    config = load_config(settings.config_path, HandlerRegistry.discover(settings.plugins))
+    config = load_config(settings.config_path, HandlerRegistry.discover(settings.plugins), tokens=False)
     queues = [settings.queue_name]
     for route in config.routes:
         if route.queue and route.queue not in queues:

@@ -160,7 +160,7 @@ class Connector:
 
     name: str
     header: str
-    token: Secret
+    token: Secret | None  # None: loaded where no request is checked (a worker, a command)
     token_env: str
     event_type: str
     fields: tuple[FieldSpec, ...]
@@ -178,7 +178,7 @@ class Connector:
 
     def authorized(self, value: bytes | None) -> bool:
         """Whether the auth header's value is the token (constant-time compare)."""
-        if value is None:
+        if value is None or self.token is None:
             return False
         return hmac.compare_digest(value.strip(), self.token.reveal().encode("utf-8"))
 
@@ -186,7 +186,7 @@ class Connector:
         key = f", key {self.key}" if self.key else ""
         return (
             f"{self.name}: POST {self.path} -> {self.event_type} (header {self.header}: "
-            f"{self.token} from ${self.token_env}; {len(self.fields)} field(s){key}, "
+            f"{self.token or 'NOT SET'} from ${self.token_env}; {len(self.fields)} field(s){key}, "
             f"extra {self.extra})"
         )
 
@@ -322,18 +322,23 @@ def process_environment(env_file: str | Path = ".env") -> dict[str, str]:
 
 
 def parse_connectors(
-    tables: Any, where_: str, environ: Mapping[str, str] | None = None
+    tables: Any, where_: str, environ: Mapping[str, str] | None = None, *, tokens: bool = True
 ) -> dict[str, Connector]:
-    """Check every `[connectors.NAME]` table; a problem is a `ConfigError` naming it."""
+    """Check every `[connectors.NAME]` table; a problem is a `ConfigError` naming it.
+    `tokens=False`: a token variable that is not set is no error (its `token` is None):
+    for processes that never check an Osmos request, such as workers, which should not
+    be handed the tokens at all."""
     if not isinstance(tables, dict) or not all(isinstance(v, dict) for v in tables.values()):
         raise ConfigError(f"{where_}: `connectors` must be tables like [connectors.NAME]")
     if not tables:
         return {}
     env = process_environment() if environ is None else environ
-    return {name: _parse_connector(name, table, where_, env) for name, table in tables.items()}
+    return {name: _parse_connector(name, table, where_, env, tokens) for name, table in tables.items()}
 
 
-def _parse_connector(name: str, table: Mapping[str, Any], where_: str, env: Mapping[str, str]) -> Connector:
+def _parse_connector(
+    name: str, table: Mapping[str, Any], where_: str, env: Mapping[str, str], tokens: bool
+) -> Connector:
     label = f"{where_}: connector {name!r}"
     if not _CONNECTOR_NAME.match(name):
         raise ConfigError(f"{label}: the name may hold only letters, digits, '_' and '-' (at most 40)")
@@ -348,7 +353,7 @@ def _parse_connector(name: str, table: Mapping[str, Any], where_: str, env: Mapp
         raise ConfigError(f'{label}: needs `header = "<HTTP header name>"`, e.g. "Authorization"')
     token_env = _token_variable(table.get("token"), label)
     token = env.get(token_env, "").strip()
-    if not token:
+    if not token and tokens:
         raise ConfigError(f"{label}: token: environment variable {token_env} is not set (or empty)")
     event_type = table.get("event_type")
     if not isinstance(event_type, str) or not _EVENT_TYPE.match(event_type):
@@ -363,7 +368,7 @@ def _parse_connector(name: str, table: Mapping[str, Any], where_: str, env: Mapp
     return Connector(
         name=name,
         header=header,
-        token=Secret(token),
+        token=Secret(token) if token else None,
         token_env=token_env,
         event_type=event_type,
         fields=fields,

@@ -185,8 +185,10 @@ def _needed_mode(route_mode: LiveMode, service_mode: str) -> bool | None:
     return None
 
 
-def load_config(path: Path | None, registry: HandlerRegistry | None = None) -> Config:
-    """Read and check the routes file; every problem is a `ConfigError` naming the file."""
+def load_config(path: Path | None, registry: HandlerRegistry | None = None, *, tokens: bool = True) -> Config:
+    """Read and check the routes file; every problem is a `ConfigError` naming the file.
+    `tokens=False` where Osmos requests are never checked (workers, operator commands):
+    the connectors' token variables need not be set there."""
     if path is None:
         return Config()
     try:
@@ -196,7 +198,7 @@ def load_config(path: Path | None, registry: HandlerRegistry | None = None) -> C
         raise ConfigError(f"{path}: cannot read the routes file: {exc.strerror}") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: not valid TOML: {exc}") from None
-    return parse_config(document, path=path, registry=registry)
+    return parse_config(document, path=path, registry=registry, tokens=tokens)
 
 
 def parse_config(
@@ -205,6 +207,7 @@ def parse_config(
     path: Path | None = None,
     registry: HandlerRegistry | None = None,
     environ: Mapping[str, str] | None = None,
+    tokens: bool = True,
 ) -> Config:
     """Check a routes document; `environ` holds connector tokens (default: the process's)."""
     where_ = str(path) if path else "routes"
@@ -224,7 +227,7 @@ def parse_config(
         if count > 1:
             route = _replace_key(route, f"{route.key}x{count}")
         routes.append(route)
-    connectors = parse_connectors(document.get("connectors", {}), where_, environ)
+    connectors = parse_connectors(document.get("connectors", {}), where_, environ, tokens=tokens)
     return Config(routes=tuple(routes), connectors=connectors, path=path)
 
 

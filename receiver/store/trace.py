@@ -156,7 +156,7 @@ def load_trace(
     """The trace of `event_id`, or None when Redis holds nothing about it. `config`: the
     routes (default: loaded from the settings' routes file)."""
     if config is None:
-        config = load_config(settings.config_path, HandlerRegistry.discover(settings.plugins))
+        config = load_config(settings.config_path, HandlerRegistry.discover(settings.plugins), tokens=False)
     routes = {route.key: route for route in config.routes}
     connector = _connector_of(event_id, config)
 

@@ -58,7 +58,7 @@ class WorkerRuntime:
         cls, settings: Settings, redis: Redis, registry: HandlerRegistry | None = None
     ) -> WorkerRuntime:
         registry = registry or HandlerRegistry.discover(settings.plugins)
-        config = load_config(settings.config_path, registry)
+        config = load_config(settings.config_path, registry, tokens=False)
         sealer = Sealer(settings.encryption_keys) if settings.encryption_keys else None
         return cls(settings=settings, registry=registry, config=config, redis=redis, sealer=sealer)
 

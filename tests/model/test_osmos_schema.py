@@ -313,3 +313,14 @@ def test_event_id_examples():
         == hashlib.sha256(b"42").hexdigest()[:16]
     )
     assert "cus_42" not in record_event_id(connector(), record)
+
+
+def test_a_process_that_checks_no_osmos_request_loads_connectors_without_their_tokens():
+    # Workers and operator commands are not handed the Osmos tokens (deploy/ gives them to
+    # the receiver only); the receiver itself still refuses to start without one.
+    loaded = parse_config({"connectors": {"crm": GOOD}}, environ={}, tokens=False).connectors["crm"]
+    assert loaded.token is None and loaded.token_env == "CRM_TOKEN"
+    assert not loaded.authorized(b"") and not loaded.authorized(b"anything")
+    assert "NOT SET" in loaded.describe()
+    with pytest.raises(ConfigError, match="CRM_TOKEN is not set"):
+        parse_config({"connectors": {"crm": GOOD}}, environ={})
