@@ -105,9 +105,9 @@ def add_commands(sub: Any) -> None:
         "dev",
         cmd_dev,
         "run everything for a local try-out: Redis (embedded unless "
-        "OSMA_ROUTER_REDIS_URL is set), the receiver, one worker and, for each upstream "
-        "with no settings, the fake Osma or OGSM; prints the URLs and credentials; "
-        "Ctrl-C stops it all",
+        "OSMA_ROUTER_REDIS_URL is set), the receiver, one worker, the operator console "
+        "(on PORT+1, loopback) and, for each upstream with no settings, the fake Osma or "
+        "OGSM; prints the URLs and credentials; Ctrl-C stops it all",
     )
     p.add_argument(
         "--host",
@@ -120,7 +120,7 @@ def add_commands(sub: Any) -> None:
         "--fake-upstreams",
         action=argparse.BooleanOptionalAction,
         default=None,
-        help="run the fake Osma (on PORT+1) and fake OGSM (on PORT+2; a free port where one is "
+        help="run the fake Osma (on PORT+2) and fake OGSM (on PORT+3; a free port where one is "
         "taken) and point the worker at them; default: fake each upstream whose settings "
         "(OSMA_ROUTER_OSMA_API_KEY/_BASE_URL, OSMA_ROUTER_OGSM_*) are not set. The fake OGSM "
         "starts with the KPIs, goals and strategies the routes name",

@@ -3,8 +3,9 @@
 Each fake is served by a uvicorn thread inside the `dev` process itself, so it stops
 with Ctrl-C and dies with `dev` even when that is SIGKILLed. The worker and receiver
 reach them through the `OSMA_ROUTER_OSMA_*` / `OSMA_ROUTER_OGSM_*` variables of their
-environment. Ports: the fake Osma on the receiver's port + 1, the fake OGSM on + 2
-(8001 and 8002 by default), a free port where that one is taken.
+environment. Ports: the console takes the receiver's port + 1 (receiver/dev/runner.py),
+the fake Osma + 2 and the fake OGSM + 3 (8002 and 8003 by default); a free port where
+that one is taken.
 
 The fake OGSM only knows the KPIs, goals and strategies it was given: the ones the
 routes file names (`indicator_id`, `goal_id`, `strategy_ids`, ...) are made at start, so
@@ -14,7 +15,7 @@ a route works out of the box. What the fakes hold lives as long as `dev`.
 from __future__ import annotations
 
 import socket
-from collections.abc import Iterator, Mapping
+from collections.abc import Collection, Iterator, Mapping
 from contextlib import suppress
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -116,9 +117,10 @@ class DevUpstreams:
 
 
 def start_fakes(
-    settings: Settings, routes: Config, *, osma: bool, ogsm: bool, receiver_port: int
+    settings: Settings, routes: Config, *, osma: bool, ogsm: bool, first_port: int, avoid: Collection[int]
 ) -> DevUpstreams:
-    """Start the fakes asked for, on loopback ports next to the receiver's."""
+    """Start the fakes asked for, on loopback ports `first_port` (Osma) and the next one
+    (OGSM), or free ones other than `avoid` (the ports of dev's own servers)."""
     if osma and settings.mode == "any":
         raise ConfigError(
             f"{PREFIX}MODE=any does not go with the fake Osma, whose API key (test, or live with "
@@ -129,10 +131,10 @@ def start_fakes(
         if osma:
             # The fake's key sets the service's mode, so it follows OSMA_ROUTER_MODE=live.
             upstreams.osma_key = LIVE_KEY if settings.mode == "live" else TEST_KEY
-            upstreams.osma = _serve(FakeOsma(), receiver_port + 1, avoid=receiver_port)
+            upstreams.osma = _serve(FakeOsma(), first_port, avoid=avoid)
         if ogsm:
             upstreams.ogsm = _serve(
-                FakeOgsm(action_body=settings.ogsm_action_body), receiver_port + 2, avoid=receiver_port
+                FakeOgsm(action_body=settings.ogsm_action_body), first_port + 1, avoid=avoid
             )
             upstreams.made = seed_from_routes(upstreams.ogsm, routes)
     except BaseException:
@@ -169,15 +171,25 @@ def _references(params: Mapping[str, Any]) -> Iterator[tuple[str, int]]:
                 yield kind, ident
 
 
-def _serve(fake: _Fake, preferred: int, *, avoid: int) -> _Fake:
+def _serve(fake: _Fake, preferred: int, *, avoid: Collection[int]) -> _Fake:
     """Start `fake` on `preferred`, or on a free port when that one is taken."""
-    if preferred <= 65535 and _bindable(preferred):
+    port = pick_port(preferred, avoid)
+    if port == preferred:
         with suppress(RuntimeError):  # taken between the check and uvicorn's bind
-            return fake.start(preferred)
-    port = free_port()
-    while port == avoid:  # the receiver's port is free until its process binds it
-        port = free_port()
+            return fake.start(port)
+        port = pick_port(0, avoid)
     return fake.start(port)
+
+
+def pick_port(preferred: int, avoid: Collection[int]) -> int:
+    """`preferred` when it is not in `avoid` and can be bound on loopback now, else a free
+    port not in `avoid` (ports of dev's servers that have not bound theirs yet)."""
+    if 0 < preferred <= 65535 and preferred not in avoid and _bindable(preferred):
+        return preferred
+    port = free_port()
+    while port in avoid:
+        port = free_port()
+    return port
 
 
 def _bindable(port: int) -> bool:

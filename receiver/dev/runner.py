@@ -1,5 +1,6 @@
-"""`osma-router dev`: Redis, the receiver, one worker and, where no settings name real
-ones, the fake Osma and OGSM (receiver/dev/fakes.py), in one process tree."""
+"""`osma-router dev`: Redis, the receiver, one worker, the operator console (on the
+receiver's port + 1, loopback) and, where no settings name real ones, the fake Osma and
+OGSM (receiver/dev/fakes.py), in one process tree."""
 
 from __future__ import annotations
 
@@ -18,10 +19,11 @@ from ..model.plugins import HandlerRegistry
 from ..model.routes import Config, load_config
 from ..settings import PREFIX, Settings
 from ..store.server import RedisServer, dying_with_parent
-from .fakes import DevUpstreams, configured, start_fakes
+from .fakes import DevUpstreams, configured, pick_port, start_fakes
 from .tls import DevCertificate, ensure_dev_certificate, trust_instructions
 
 DEV_SECRET = "whsec_dev_local_only"
+CONSOLE_HOST = "127.0.0.1"
 LISTEN_TIMEOUT = 60  # seconds for the receiver to come up (a loaded laptop, a first import)
 
 
@@ -64,7 +66,10 @@ def run_dev(
             cleanup.callback(redis.close)
             env[PREFIX + "REDIS_URL"] = redis.url
         certificate = ensure_dev_certificate() if https else None
-        upstreams = start_fakes(settings, routes, osma=fake_osma, ogsm=fake_ogsm, receiver_port=port)
+        console_port = pick_port(port + 1, avoid={port})
+        upstreams = start_fakes(
+            settings, routes, osma=fake_osma, ogsm=fake_ogsm, first_port=port + 2, avoid={port, console_port}
+        )
         cleanup.callback(upstreams.close)
         env.update(upstreams.environment())
         url = f"{'https' if https else 'http'}://{_in_url(host)}:{port}"
@@ -91,8 +96,17 @@ def run_dev(
         children.append(
             subprocess.Popen(dying_with_parent([*command, "worker"]), env=env, start_new_session=True)
         )
-        _wait_until_listening(_local(host), port, children)
-        lines = _block(settings, url, redis, certificate, upstreams, webhooks_back=not https)
+        # The console on loopback whatever --host is: no token is needed there.
+        console = [*command, "console", "--host", CONSOLE_HOST, "--port", str(console_port)]
+        children.append(
+            subprocess.Popen(
+                dying_with_parent(console), env=env, start_new_session=True, stdout=subprocess.DEVNULL
+            )
+        )
+        _wait_until_listening("the receiver", _local(host), port, children)
+        _wait_until_listening("the console", CONSOLE_HOST, console_port, children)
+        console_url = f"http://{CONSOLE_HOST}:{console_port}/"
+        lines = _block(settings, url, console_url, redis, certificate, upstreams, webhooks_back=not https)
         print("\nosma-router dev is running\n" + "".join(lines) + "Ctrl-C stops everything.\n", flush=True)
         while not stopping:
             _check_alive(children)
@@ -114,6 +128,7 @@ def is_loopback(host: str) -> bool:
 def _block(
     settings: Settings,
     url: str,
+    console_url: str,
     redis: RedisServer | None,
     certificate: DevCertificate | None,
     upstreams: DevUpstreams,
@@ -125,6 +140,8 @@ def _block(
     built_in = not settings.webhook_secrets
     upstream_lines = dict(upstreams.describe(settings, webhooks_back))
     yield f"  receiver : {url}/webhooks/osma   (health: {url}/healthz)\n"
+    login = f"log in with {PREFIX}CONSOLE_TOKEN" if settings.console_token else "no login: loopback only"
+    yield f"  console  : {console_url}   ({login})\n"
     if redis is not None:
         yield f"  redis    : {redis.url} (embedded)\n"
     else:
@@ -145,8 +162,8 @@ def _block(
         yield f"  see      : {upstream_lines['see']}\n"
 
 
-def _wait_until_listening(host: str, port: int, children: list[subprocess.Popen[bytes]]) -> None:
-    """Return once the receiver accepts connections, so the block printed next is true."""
+def _wait_until_listening(name: str, host: str, port: int, children: list[subprocess.Popen[bytes]]) -> None:
+    """Return once `name` accepts connections, so the block printed next is true."""
     deadline = time.monotonic() + LISTEN_TIMEOUT
     while time.monotonic() < deadline:
         _check_alive(children)
@@ -155,7 +172,7 @@ def _wait_until_listening(host: str, port: int, children: list[subprocess.Popen[
                 return
         except OSError:
             time.sleep(0.1)
-    raise ConfigError(f"the receiver did not listen on {host}:{port} within {LISTEN_TIMEOUT} s")
+    raise ConfigError(f"{name} did not listen on {host}:{port} within {LISTEN_TIMEOUT} s")
 
 
 def _check_alive(children: list[subprocess.Popen[bytes]]) -> None:

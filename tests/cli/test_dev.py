@@ -3,6 +3,7 @@ printed block read the way a person reads it, real HTTP to the receiver and the 
 
 from __future__ import annotations
 
+import json
 import os
 import queue
 import re
@@ -17,6 +18,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from receiver.dev.fakes import pick_port
 from receiver.store.server import free_port
 from tests.support import OSMA_ROUTER, ROOT, osma_router, subprocess_env
 
@@ -108,7 +110,7 @@ def measurements(curl_line: str) -> list[dict[str, object]]:
 
 def test_dev_without_upstream_settings_posts_the_kpi_example_to_its_fake_ogsm(tmp_path):
     """The README's quick start: `dev` with examples/kpi.toml, the printed `send` line,
-    then the measurement seen through the printed `curl` line."""
+    then the measurement seen through the printed `curl` line and on the console."""
     dev = Dev([], {"OSMA_ROUTER_CONFIG": str(KPI_ROUTES)}, tmp_path)
     try:
         block = dev.block()
@@ -132,10 +134,18 @@ def test_dev_without_upstream_settings_posts_the_kpi_example_to_its_fake_ogsm(tm
         assert posted[0]["indicator"] == {"id": 456}
         assert posted[0]["at"] == "2026-11-01" and posted[0]["current_value"] == 1
 
+        # The console: no login on loopback; the event's trace through its search box.
+        console_url = url_in(block["console"])
+        assert "no login" in block["console"]
+        event_id = json.loads(sent.stdout[sent.stdout.index("{") :])["id"]
+        trace = httpx.get(f"{console_url}search", params={"q": event_id}, follow_redirects=True, timeout=10)
+        assert trace.status_code == 200, trace.text
+        assert event_id in trace.text and "succeeded" in trace.text and "done" in trace.text
+
         assert dev.stop() == 0
         assert "job succeeded" in "".join(dev.err) and "ogsm.indicator_report" in "".join(dev.err)
         assert "Traceback" not in "".join(dev.err)  # Redis outlived the worker that used it
-        for url in (osma_url, ogsm_url):  # the fakes stopped with it
+        for url in (osma_url, ogsm_url, console_url):  # the fakes and the console stopped with it
             with pytest.raises(httpx.HTTPError):
                 httpx.get(url, timeout=1)
     finally:
@@ -243,7 +253,7 @@ def test_dev_killed_outright_leaves_nothing_serving(tmp_path):
     dev = Dev([], {"OSMA_ROUTER_CONFIG": str(KPI_ROUTES)}, tmp_path)
     try:
         block = dev.block()
-        urls = [url_in(block["receiver"]), url_in(block["osma"]), url_in(block["ogsm"])]
+        urls = [url_in(block[name]) for name in ("receiver", "console", "osma", "ogsm")]
         redis = re.match(r"redis://127\.0\.0\.1:(\d+)/", block["redis"])
         assert redis, block["redis"]
         redis_port = int(redis.group(1))
@@ -278,3 +288,17 @@ def test_dev_refuses_mode_any_with_the_fake_osma_before_starting(tmp_path):
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "OSMA_ROUTER_MODE=any" in lines[0], result.stderr
     assert "running" not in result.stdout
+
+
+def test_dev_ports_are_the_next_ones_unless_taken():
+    """The console on the receiver's port + 1, the fakes on + 2 and + 3 (receiver/dev/runner.py,
+    fakes.py): a port that is taken, or one of dev's own, gives way to a free one."""
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        held.listen()
+        taken = held.getsockname()[1]
+        assert pick_port(taken, avoid=set()) != taken
+    free = free_port()
+    assert pick_port(free, avoid=set()) == free
+    other = pick_port(free, avoid={free})
+    assert other != free
