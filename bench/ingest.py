@@ -6,6 +6,10 @@ Load comes from wrk (keep-alive HTTP/1.1, one request in flight per connection, 
 driven by bench/ingest.lua through a file of distinct events, each signed just before the
 run. After each osma-router run the Redis behind it is checked: every 202 answer must be
 one job id in the queue and one dedup key, every repeat a 200, nothing else.
+
+By default the server under test runs on core 0 and everything else (wrk, Redis, this
+script) on core 1, so the load generator never takes CPU from the server it measures;
+each server's CPU use over the measured run is reported. `--no-pin` shares all cores.
 """
 
 from __future__ import annotations
@@ -47,11 +51,16 @@ DRAIN_SECONDS = 10
 
 Process = subprocess.Popen[bytes]
 
+SERVER_CORE = 0  # the server under test, alone
+LOAD_CORE = 1  # wrk, redis-server and this script
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
 
 @dataclass
 class Case:
     server: str
     connections: int
+    round: int
     rps: float
     p50_ms: float
     p99_ms: float
@@ -62,6 +71,18 @@ class Case:
     statuses: dict[str, int]
     errors: dict[str, int]
     check: dict[str, Any]
+    # CPU time over the measured run, as % of one core (None where /proc is missing).
+    server_cpu: float | None = None
+    redis_cpu: float | None = None
+    wrk_cpu: float | None = None
+
+    @property
+    def cpu_us_per_request(self) -> float | None:
+        """The server's CPU time per answer: unlike requests/s, it does not move much when
+        other processes take the server's core for a while."""
+        if self.server_cpu is None or not self.answered:
+            return None
+        return self.server_cpu / 100 * self.seconds / self.answered * 1e6
 
 
 def event_body(event_id: str, serial: int) -> bytes:
@@ -109,8 +130,39 @@ def write_requests(path: Path, host: str, tag: str, count: int, duplicate_pct: f
     return ids
 
 
-def run_wrk(url: str, requests_file: Path, connections: int, seconds: float) -> dict[str, Any]:
-    """One wrk run (one thread: plenty for one Python server, and it leaves it more CPU)."""
+def cpu_seconds(pid: int) -> float | None:
+    """User + system CPU time of a process (all its threads) so far, from /proc; None
+    where there is no /proc (macOS) or the process is gone."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS  # utime, stime
+
+
+def cpu_share(before: float | None, after: float | None, seconds: float) -> float | None:
+    """CPU time between two readings as % of one core over `seconds` of wall time."""
+    if before is None or after is None or seconds <= 0:
+        return None
+    return 100 * (after - before) / seconds
+
+
+def pinning_available() -> bool:
+    return (
+        hasattr(os, "sched_setaffinity")
+        and shutil.which("taskset") is not None
+        and {SERVER_CORE, LOAD_CORE} <= os.sched_getaffinity(0)
+    )
+
+
+def run_wrk(
+    url: str, requests_file: Path, connections: int, seconds: float, cpu_of: dict[str, int] | None = None
+) -> dict[str, Any]:
+    """One wrk run (one thread: plenty for one Python server, and it leaves it more CPU).
+
+    `cpu_of`: processes (name -> pid) whose CPU use over the run goes into the result as
+    `cpu_<name>` (% of one core), and wrk's own as `cpu_wrk`.
+    """
     cap = f"{int(seconds) + DRAIN_SECONDS}s"
     command = [
         "wrk",
@@ -129,16 +181,27 @@ def run_wrk(url: str, requests_file: Path, connections: int, seconds: float) -> 
         str(requests_file),
         str(seconds),
     ]
+    pids = dict(cpu_of or {})
+    started = time.monotonic()
+    before = {name: cpu_seconds(pid) for name, pid in pids.items()}
     wrk = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
+    pids["wrk"] = wrk.pid
+    before["wrk"] = 0.0
+    after: dict[str, float | None] = {}
+    elapsed = 0.0
     assert wrk.stdout is not None
     result: dict[str, Any] = {}
     for line in wrk.stdout:
         if line.startswith("thread-done"):
+            after = {name: cpu_seconds(pid) for name, pid in pids.items()}
+            elapsed = time.monotonic() - started
             wrk.send_signal(signal.SIGINT)  # ends wrk's sleep through -d; see ingest.lua
         elif line.startswith("RESULT "):
             result = json.loads(line.removeprefix("RESULT "))
     if wrk.wait(timeout=30) != 0 or not result:
         raise RuntimeError(f"wrk failed (exit {wrk.returncode})")
+    for name in pids:
+        result[f"cpu_{name}"] = cpu_share(before[name], after.get(name), elapsed) if after else None
     return result
 
 
@@ -236,13 +299,15 @@ def run_case(
     args: argparse.Namespace,
     work: Path,
     redis: Redis | None,
-    pid: int,
+    pids: dict[str, int],
     stamp: str,
+    round_no: int,
 ) -> Case:
-    """Warm up, then one measured run; `redis` is the store behind the server, if any."""
+    """Warm up, then one measured run; `redis` is the store behind the server, if any.
+    `pids`: the server's ("server") and Redis' ("redis"), for their CPU use."""
     host = f"127.0.0.1:{port}"
     url = f"http://{host}/webhooks/osma"
-    tag = f"c{connections}"  # unique within a bench run, which is enough: each has its Redis
+    tag = f"r{round_no}c{connections}"  # unique within a bench run: each has its Redis
     write_requests(work / "warmup.bin", host, f"{tag}w", WARMUP_REQUESTS, 0, 1)
     run_wrk(url, work / "warmup.bin", connections, args.duration)
     if redis is not None:
@@ -252,9 +317,9 @@ def run_case(
     )
     profiler = None
     if args.profile and redis is not None:
-        profile = RESULTS / f"profile-{stamp}-{server}-c{connections}.txt"
-        profiler = start_profiler(pid, args.duration, profile)
-    result = run_wrk(url, work / "requests.bin", connections, args.duration)
+        profile = RESULTS / f"profile-{stamp}-{server}-c{connections}-r{round_no}.txt"
+        profiler = start_profiler(pids["server"], args.duration, profile)
+    result = run_wrk(url, work / "requests.bin", connections, args.duration, pids)
     if profiler is not None:
         profiler.wait(args.duration + 30)
     if redis is not None:
@@ -265,6 +330,7 @@ def run_case(
     return Case(
         server=server,
         connections=connections,
+        round=round_no,
         rps=result["answered"] / seconds,
         p50_ms=result["p50_us"] / 1000,
         p99_ms=result["p99_us"] / 1000,
@@ -275,6 +341,9 @@ def run_case(
         statuses=result["statuses"],
         errors=result["errors"],
         check=check,
+        server_cpu=result.get("cpu_server"),
+        redis_cpu=result.get("cpu_redis"),
+        wrk_cpu=result.get("cpu_wrk"),
     )
 
 
@@ -292,30 +361,71 @@ def describe_check(case: Case) -> str:
     )
 
 
-def report(cases: list[Case], args: argparse.Namespace, stamp: str, router: str) -> None:
-    print(f"\n{'server':<20} {'conns':>5} {'rps':>9} {'p50 ms':>8} {'p99 ms':>8}")
+def percent(value: float | None) -> str:
+    return "-" if value is None else f"{value:.0f} %"
+
+
+def per_request(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1f}"
+
+
+def cost_ratio(bare: Case, router: Case) -> float | None:
+    if bare.cpu_us_per_request is None or router.cpu_us_per_request is None:
+        return None
+    return bare.cpu_us_per_request / router.cpu_us_per_request
+
+
+def report(cases: list[Case], args: argparse.Namespace, stamp: str, router: str, pinned: bool) -> None:
+    where = (
+        f"server on core {SERVER_CORE}; wrk, redis-server and the bench on core {LOAD_CORE}"
+        if pinned
+        else "not pinned: every process on every core"
+    )
+    print(f"\n{where}; CPU as % of one core over the measured run")
+    print(
+        f"{'round':>5} {'server':<20} {'conns':>5} {'rps':>9} {'p50 ms':>8} {'p99 ms':>8}"
+        f" {'server cpu':>10} {'µs cpu/req':>10} {'redis cpu':>9} {'wrk cpu':>8}"
+    )
     for case in cases:
         print(
-            f"{case.server:<20} {case.connections:>5} {case.rps:>9,.0f}"
-            f" {case.p50_ms:>8.2f} {case.p99_ms:>8.2f}"
+            f"{case.round:>5} {case.server:<20} {case.connections:>5} {case.rps:>9,.0f}"
+            f" {case.p50_ms:>8.2f} {case.p99_ms:>8.2f} {percent(case.server_cpu):>10}"
+            f" {per_request(case.cpu_us_per_request):>10}"
+            f" {percent(case.redis_cpu):>9} {percent(case.wrk_cpu):>8}"
         )
-    by_key = {(case.server, case.connections): case for case in cases}
-    ratios = {str(n): by_key[router, n].rps / by_key["bare", n].rps for n in args.connections}
-    listed = ", ".join(f"{ratio:.2f} at {n}" for n, ratio in ratios.items())
-    print(f"\nratio {router}/bare (rps): {listed}")
-    if "64" in ratios:
-        print(f"goal: ratio >= 0.5 at 64 connections: {ratios['64']:.2f}")
+    by_key = {(case.server, case.connections, case.round): case for case in cases}
+    rounds = range(1, args.rounds + 1)
+    ratios = {
+        str(n): [by_key[router, n, r].rps / by_key["bare", n, r].rps for r in rounds]
+        for n in args.connections
+    }
+    costs = {
+        str(n): [cost_ratio(by_key["bare", n, r], by_key[router, n, r]) for r in rounds]
+        for n in args.connections
+    }
+    print(f"\nratio {router}/bare, round by round: rps (server CPU per request, bare/{router})")
+    for n, values in ratios.items():
+        pairs = zip(values, costs[n], strict=True)
+        listed = ", ".join(f"{v:.2f} ({'-' if c is None else f'{c:.2f}'})" for v, c in pairs)
+        print(f"  {n:>3} connections: {listed}")
+    for n, goal in (("64", 0.5), ("16", 0.45)):
+        if n in ratios:
+            print(f"goal: ratio >= {goal} at {n} connections: {', '.join(f'{v:.2f}' for v in ratios[n])}")
     if 16 in args.connections:
-        print(f"goal: p99 < 20 ms at 16 connections: {by_key[router, 16].p99_ms:.2f} ms")
+        p99 = ", ".join(f"{by_key[router, 16, r].p99_ms:.2f}" for r in rounds)
+        print(f"goal: p99 < 5 ms at 16 connections: {p99} ms")
     for case in cases:
-        profile = RESULTS / f"profile-{stamp}-{case.server}-c{case.connections}.txt"
+        profile = RESULTS / f"profile-{stamp}-{case.server}-c{case.connections}-r{case.round}.txt"
         if args.profile and profile.is_file():
-            print(f"\nself time, {case.server} c{case.connections} (py-spy, share of samples):")
+            label = f"{case.server} c{case.connections} round {case.round}"
+            print(f"\nself time, {label} (py-spy, share of samples):")
             for frame, share in top_self_time(profile):
                 print(f"  {share:6.1%}  {frame}")
     wrk_version = subprocess.run(["wrk", "--version"], capture_output=True, text=True, check=False)
     machine = {
         "cpus": os.cpu_count(),
+        "pinned": pinned,
+        "load_average": os.getloadavg() if hasattr(os, "getloadavg") else None,
         "platform": platform.platform(),
         "python": platform.python_version(),
         "wrk": wrk_version.stdout.split("\n")[0],
@@ -325,8 +435,9 @@ def report(cases: list[Case], args: argparse.Namespace, stamp: str, router: str)
         "started": stamp,
         "options": vars(args),
         "machine": machine,
-        "cases": [asdict(case) for case in cases],
+        "cases": [asdict(case) | {"cpu_us_per_request": case.cpu_us_per_request} for case in cases],
         "ratios": ratios,
+        "cpu_cost_ratios": costs,
     }
     out.write_text(json.dumps(results, indent=2))
     print(f"\nresults: {out.relative_to(BENCH.parent)}")
@@ -369,9 +480,25 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="sample osma-router with py-spy while it runs (takes CPU, skews"
         " the numbers); prints the functions with the most self time",
     )
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="run the servers this many times, interleaved (bare, osma-router, bare, ...; default 1)",
+    )
+    parser.add_argument(
+        "--pin",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help=f"run the server under test alone on core {SERVER_CORE}, and wrk, Redis and the"
+        f" bench on core {LOAD_CORE} (default; needs Linux, taskset and 2 cores)."
+        " --no-pin lets every process use every core",
+    )
     args = parser.parse_args(argv)
-    if args.requests < 1 or args.duration < 1 or not 0 <= args.duplicates < 100:
-        parser.error("--requests must be positive, --duration at least 1, --duplicates in [0, 100)")
+    if args.requests < 1 or args.duration < 1 or not 0 <= args.duplicates < 100 or args.rounds < 1:
+        parser.error(
+            "--requests and --rounds must be positive, --duration at least 1, --duplicates in [0, 100)"
+        )
     return args
 
 
@@ -380,6 +507,16 @@ def main(argv: list[str] | None = None) -> int:
     if shutil.which("wrk") is None:
         print("bench/ingest.py needs wrk (apt-get install wrk)", file=sys.stderr)
         return 1
+    pinned = args.pin and pinning_available()
+    if args.pin and not pinned:
+        print(
+            f"not pinning: that needs Linux, taskset and cores {SERVER_CORE} and {LOAD_CORE};"
+            " wrk and Redis share the cores with the server (see bench/README.md)",
+            file=sys.stderr,
+        )
+    if pinned:
+        # Everything started from here on (Redis, wrk) inherits core 1; servers go to core 0.
+        os.sched_setaffinity(0, {LOAD_CORE})
     # The console script beside this interpreter (.venv/bin under `make bench`).
     osma_router = shutil.which("osma-router", path=str(Path(sys.executable).parent))
     osma_router = osma_router or "osma-router"
@@ -403,23 +540,31 @@ def main(argv: list[str] | None = None) -> int:
                 "OSMA_ROUTER_ENCRYPTION_KEYS": Fernet.generate_key().decode(),
             }
         redis = Redis.from_url(redis_server.url)
+        redis_pid = redis.info("server")["process_id"]
         servers = [
             ("bare", [sys.executable, str(BENCH / "bare_app.py")], env, None),
             (router, [osma_router, "serve"], router_env, redis),
         ]
-        for name, command, server_env, store in servers:
-            port = free_port()
-            flags = ["--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
-            server = start_server(command + flags, server_env, work, port)
-            try:
-                for connections in args.connections:
-                    case = run_case(name, port, connections, args, work, store, server.pid, stamp)
-                    print(f"{name} c{connections}: {case.rps:,.0f} rps; {describe_check(case)}", flush=True)
-                    cases.append(case)
-            finally:
-                stop(server)
+        pin = ["taskset", "-c", str(SERVER_CORE)] if pinned else []
+        for round_no in range(1, args.rounds + 1):
+            for name, command, server_env, store in servers:
+                port = free_port()
+                flags = ["--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
+                server = start_server(pin + command + flags, server_env, work, port)
+                pids = {"server": server.pid, "redis": redis_pid}
+                try:
+                    for connections in args.connections:
+                        case = run_case(name, port, connections, args, work, store, pids, stamp, round_no)
+                        print(
+                            f"round {round_no} {name} c{connections}: {case.rps:,.0f} rps,"
+                            f" server cpu {percent(case.server_cpu)}; {describe_check(case)}",
+                            flush=True,
+                        )
+                        cases.append(case)
+                finally:
+                    stop(server)
         redis.close()
-    report(cases, args, stamp, router)
+    report(cases, args, stamp, router, pinned)
     return 0 if all(case.check["ok"] for case in cases) else 1
 
 
