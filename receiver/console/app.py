@@ -110,8 +110,10 @@ def check_console_host(host: str, settings: Settings) -> None:
 
 def console_from_settings(settings: Settings) -> Starlette:
     """The console for `settings`: its routes file is read here, so a bad one fails at
-    start-up with one line."""
-    config = load_config(settings.config_path, HandlerRegistry.discover())
+    start-up with one line. Like the other operator commands it loads only the plugins
+    OSMA_ROUTER_PLUGINS allows and needs no Osmos connector token."""
+    registry = HandlerRegistry.discover(settings.plugins)
+    config = load_config(settings.config_path, registry, tokens=False)
     queues = [settings.queue_name, *dict.fromkeys(r.queue for r in config.routes if r.queue)]
     return create_console_app(settings, config, queues)
 
