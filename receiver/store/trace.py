@@ -60,7 +60,8 @@ class JobTrace:
     """One job of the event. `state`: queued, started, scheduled (a retry waits until
     `retry_at`), deferred, failed (the failed registry), succeeded, stopped or canceled.
     `attempts`: runs that ended in an error so far (for a failed job: all its runs); None
-    for a succeeded job, whose record is gone. `last_error`: "<type>: <message>"."""
+    for a succeeded job, whose record is gone. `last_error`: "<type>: <message>".
+    `history`: each failed run, oldest first, as (attempt, when, error type)."""
 
     job_id: str
     route: str
@@ -71,6 +72,7 @@ class JobTrace:
     retry_at: datetime | None
     enqueued_at: datetime | None
     ended_at: datetime | None
+    history: tuple[tuple[int, datetime | None, str], ...] = ()
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -83,6 +85,9 @@ class JobTrace:
             "retry_at": _iso(self.retry_at),
             "enqueued_at": _iso(self.enqueued_at),
             "ended_at": _iso(self.ended_at),
+            "history": [
+                {"attempt": attempt, "at": _iso(at), "error": error} for attempt, at, error in self.history
+            ],
         }
 
 
@@ -240,7 +245,25 @@ def _job(job_id: str, route_key: str, handler: str | None, fields: Mapping[str, 
         retry_at=None,
         enqueued_at=_rq_time(fields.get("enqueued_at")),
         ended_at=_rq_time(fields.get("ended_at")),
+        history=_history(meta.get("history")),
     )
+
+
+def _history(stored: Any) -> tuple[tuple[int, datetime | None, str], ...]:
+    if not isinstance(stored, list):
+        return ()
+    runs = []
+    for entry in stored:
+        if isinstance(entry, dict) and isinstance(entry.get("attempt"), int):
+            at = entry.get("at")
+            runs.append(
+                (
+                    entry["attempt"],
+                    _rq_time(at.encode()) if isinstance(at, str) else None,
+                    str(entry.get("error", "?")),
+                )
+            )
+    return tuple(runs)
 
 
 def _with_retry_times(

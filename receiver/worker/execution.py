@@ -12,7 +12,7 @@ import uuid
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, ClassVar
 
 import orjson
@@ -33,6 +33,8 @@ from .clients import Upstream
 from .context import Context
 
 log = logging.getLogger("osma_router.worker")
+
+ATTEMPT_HISTORY = 20  # failed runs a job remembers (time and error type each)
 
 
 @dataclass
@@ -196,6 +198,11 @@ def _record_failure(job: Job, exc: BaseException, attempt: int, sealer: Sealer |
     message = str(exc).splitlines()[0] if str(exc) else ""
     kind = type(exc).__name__
     job.meta["attempts"] = attempt
+    # Each failed run: when and of which type (no message: that is sealed or masked above),
+    # for `trace` and the console. The last ATTEMPT_HISTORY runs are kept.
+    history = [entry for entry in job.meta.get("history", []) if isinstance(entry, dict)]
+    history.append({"attempt": attempt, "at": datetime.now(UTC).isoformat(timespec="seconds"), "error": kind})
+    job.meta["history"] = history[-ATTEMPT_HISTORY:]
     for name in SEALED_FIELDS:
         job.meta.pop(name, None)
     trace = "".join(traceback.format_exception(exc))

@@ -8,9 +8,12 @@ from __future__ import annotations
 import traceback
 
 import pytest
+from redis import Redis
 
 from receiver import HandlerGroup, Unavailable
 from receiver.keys import lock_key
+from receiver.model.routes import load_config
+from receiver.store.trace import load_trace
 from receiver.testing import HandlerFailed, task_event
 
 QUEUE = "osma-router"
@@ -153,3 +156,20 @@ def test_a_job_deferred_behind_a_held_lock_runs_once_the_lock_expires(deliver, f
     assert (job.state, job.attempts) == ("finished", 1)  # a deferral uses no attempt
     assert job.deferred >= 1 and job.errors[0].type == "ClaimHeld"
     assert [r["current_value"] for r in fake_ogsm.indicator_reports(456)] == [1]
+
+
+@pytest.mark.parametrize("osma_router_routes", [route("kit.wrong_method")])
+def test_a_failed_jobs_trace_lists_each_failed_run(deliver, osma_router):
+    # Every run's time and error type stays with the job, for `trace` and the console.
+    deliver(completed("evt_kit_history"), raise_on_failure=False)
+    redis = Redis.from_url(osma_router.settings.require_redis_url())
+    config = load_config(osma_router.settings.config_path, osma_router.registry)
+    trace = load_trace(redis, "evt_kit_history", osma_router.settings, config)
+    assert trace is not None
+    [job] = trace.jobs
+    assert job.state == "failed" and job.attempts == 5
+    assert [(attempt, error) for attempt, _at, error in job.history] == [
+        (n, "AttributeError") for n in range(1, 6)
+    ]
+    assert all(at is not None for _attempt, at, _error in job.history)
+    assert [run["attempt"] for run in job.as_dict()["history"]] == [1, 2, 3, 4, 5]
