@@ -180,6 +180,23 @@ def export_captures(
 ) -> ExportReport:
     """Write the kept deliveries `selection` selects (by type and received time) as lines."""
     report = ExportReport()
+    for line in export_lines(redis, sealer, selection, report, encrypted=encrypted, max_age=max_age, now=now):
+        out.write(line)
+    return report
+
+
+def export_lines(
+    redis: Redis,
+    sealer: Sealer,
+    selection: Selection | None,
+    report: ExportReport,
+    *,
+    encrypted: bool = False,
+    max_age: float | None = None,
+    now: datetime | None = None,
+) -> Iterator[bytes]:
+    """The lines `export_captures` writes, one at a time (a download streams them);
+    `report` counts them as they go."""
     selection = selection or Selection()
     now = now or datetime.now(UTC)
     floor = None if max_age is None else now.timestamp() - max_age
@@ -198,6 +215,5 @@ def export_captures(
             continue
         if stored.duplicate:
             plain = plain[:-1] + _DUPLICATE_SUFFIX
-        out.write((sealer.seal(plain).encode("ascii") if encrypted else plain) + b"\n")
         report.written += 1
-    return report
+        yield (sealer.seal(plain).encode("ascii") if encrypted else plain) + b"\n"

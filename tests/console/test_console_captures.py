@@ -67,3 +67,17 @@ def test_a_bad_export_range_is_a_400_page(console: ConsoleClient) -> None:
     answer = console.post("/captures/export", {"since": "last tuesday"}, "/captures")
     assert answer.status_code == 400
     assert "since 'last tuesday' is not an ISO 8601 date or time" in html.unescape(answer.text)
+
+
+def test_duplicates_are_counted_apart_and_exported_in_order(
+    console: ConsoleClient, osma_router: RouterUnderTest
+) -> None:
+    first = completed_task()
+    assert osma_router.post(first).status_code == 202
+    assert osma_router.post(first).status_code == 200  # a redelivery
+    page = console.http.get("/captures").text
+    assert '<td id="capture-count">1</td>' in page
+    assert '<td id="capture-duplicates">1 ' in page
+    answer = console.post("/captures/export", {}, "/captures")
+    lines = [orjson.loads(line) for line in answer.content.splitlines()]
+    assert [line.get("duplicate", False) for line in lines] == [False, True]
