@@ -28,6 +28,8 @@ RATE_LIMIT_WAITS_KEY = f"{PREFIX}:metrics:rate_limit_waits"  # fields "<upstream
 
 # Deliveries per minute by outcome (the console's overview): one hash per minute.
 ACTIVITY_PREFIX = f"{PREFIX}:activity:"
+# Console sessions ended by "Log out" before their cookie expires (one key per session).
+CONSOLE_LOGOUT_PREFIX = f"{PREFIX}:console:logout:"
 # The most recent webhook events (the console's event list), capped by count.
 RECENT_EVENTS_KEY = f"{PREFIX}:recent"
 

@@ -12,13 +12,14 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from ..exceptions import ConfigError
+from ..keys import CONSOLE_LOGOUT_PREFIX
 from ..logs import configure_logging
 from ..model.plugins import HandlerRegistry
 from ..model.routes import Config, load_config
 from ..settings import Settings
 from ..store.connection import connect
 from . import captures, events, failed, overview
-from .auth import COOKIE, Sessions
+from .auth import COOKIE, SESSION_SECONDS, Sessions
 from .pages import Console, PageRequest, is_loopback, local_path, page, render, set_session_cookie
 
 log = logging.getLogger("osma_router.console")
@@ -57,6 +58,12 @@ def login(page_request: PageRequest, console: Console) -> Response:
 
 
 def logout(page_request: PageRequest, console: Console) -> Response:
+    session = page_request.session
+    if console.sessions.login_required and session.signed_in:
+        # The cookie may have been copied: the session ends on the server too, for the
+        # rest of its lifetime.
+        console.redis.set(CONSOLE_LOGOUT_PREFIX + session.nonce, 1, ex=SESSION_SECONDS)
+        log.info("console: signed out")
     response = RedirectResponse("/login", status_code=303)
     response.delete_cookie(COOKIE, path="/")
     return response

@@ -24,6 +24,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 
+from ..keys import CONSOLE_LOGOUT_PREFIX
 from ..model.routes import Config
 from ..settings import Settings
 from ..store.connection import UNAVAILABLE
@@ -153,6 +154,8 @@ def page(console: Console, func: PageFunc, *, public: bool = False) -> Callable[
                 headers=SECURITY_HEADERS,
             )
         session = console.sessions.open(request.cookies.get(COOKIE))
+        if session is not None and session.signed_in and console.sessions.login_required:
+            session = None if await run_in_threadpool(_signed_out, console, session) else session
         new_cookie = None
         if session is None:
             new_cookie, session = console.sessions.new_cookie(signed_in=False)
@@ -178,6 +181,15 @@ def page(console: Console, func: PageFunc, *, public: bool = False) -> Callable[
         return response
 
     return endpoint
+
+
+def _signed_out(console: Console, session: Session) -> bool:
+    """Whether "Log out" ended this session (its cookie may live on in a copy). Without
+    Redis nothing can be read or changed anyway: the page then answers 503."""
+    try:
+        return bool(console.redis.exists(CONSOLE_LOGOUT_PREFIX + session.nonce))
+    except UNAVAILABLE:
+        return False
 
 
 def _run(func: PageFunc, page_request: PageRequest, console: Console) -> Response:

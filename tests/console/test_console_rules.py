@@ -159,3 +159,15 @@ def test_a_console_token_must_be_long_enough_to_resist_guessing(tmp_path, token:
         assert run.returncode == 1
         assert run.stderr.strip().count("\n") == 0
         assert "OSMA_ROUTER_CONSOLE_TOKEN" in run.stderr and "16" in run.stderr
+
+
+def test_a_logged_out_session_cookie_is_refused_even_when_copied(console_server: LiveServer) -> None:
+    client = ConsoleClient(console_server.url)
+    client.login()
+    copied = dict(client.http.cookies)
+    assert client.http.get("/").status_code == 200
+    assert client.post("/logout", {}, "/").status_code == 303
+    thief = httpx.Client(base_url=console_server.url, cookies=copied, follow_redirects=False)
+    answer = thief.get("/")
+    thief.close()
+    assert answer.status_code == 303 and answer.headers["location"].startswith("/login")
