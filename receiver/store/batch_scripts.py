@@ -3,8 +3,8 @@
 Names. A batch is `<connector>:<batch id>` (its member). Its bookkeeping keys start with
 `osma_router:osmos:batch:<member>:` (the batch prefix): `written` (a list, one entry per
 staged chunk: `<time bucket>:<digest size>:` then the digests of the marks it wrote),
-`chunks` (the chunk keys it wrote) and `staged` (chunk number -> its answer, so a chunk
-sent twice is staged once). None of them outlives the batch.
+`chunks` (the chunk keys it wrote) and `staged` (first chunk number of a call -> its
+answer, so chunks sent twice are staged once). None of them outlives the batch.
 
 A connector's dedup marks live in hashes `<seen prefix><time bucket>:<part>`: the time
 bucket is `floor(now_ms / window_ms)`, the part `(first two digest bytes) % parts`, each
@@ -66,10 +66,14 @@ return {'ok'}
 
 # KEYS: [1] holder key, [2] inflight set.
 # ARGV: [1] member, [2] batch prefix, [3] deadline (s), [4] seen prefix, [5] window (ms),
-# [6] parts, [7] chunk number, [8] chunk key, [9] chunk blob ('' when no job will read it),
-# [10] n, then n digests.
-# Writes a mark for each record not already marked live, and the chunk blob when any was
-# new. Returns the positions (from 0) of the records already marked, comma-separated.
+# [6] m, then per chunk: its number, key, blob ('' when no job will read it) and record
+# count; then g, then per mark hash part: its number, its record count k and the records'
+# places in the call (2 bytes each, big-endian, counted from 0 over the chunks in order);
+# then every part's k digests, part after part.
+# Several chunks go in one call, their records grouped by mark hash part by the caller, so
+# that each hash is read and written once for many records and a record costs little Lua.
+# Writes a mark for each record not already marked live, and each chunk's blob when any of
+# its records was new. Returns the places of the records already marked, comma-separated.
 STAGE = (
     _LIB
     + """
@@ -78,48 +82,67 @@ if not holds(KEYS[1], KEYS[2], member) then return lost('the batch was swept as 
 redis.call('ZADD', KEYS[2], 'XX', now_ms + tonumber(ARGV[3]) * 1000, member)
 local again = redis.call('HGET', prefix .. 'staged', ARGV[7])
 if again then return again end
-local window, parts, n = tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[10])
+local m = tonumber(ARGV[6])
+local chunks, a = {}, 7
+for c = 1, m do
+  chunks[c] = {key = ARGV[a + 1], blob = ARGV[a + 2], n = tonumber(ARGV[a + 3]), seen = 0}
+  a = a + 4
+end
+local g = tonumber(ARGV[a]); a = a + 1
+local parts = {}
+for p = 1, g do
+  parts[p] = {number = ARGV[a], k = tonumber(ARGV[a + 1]), places = ARGV[a + 2]}
+  a = a + 3
+end
+local window = tonumber(ARGV[5])
 local bucket = math.floor(now_ms / window)
 local current, previous = ARGV[4] .. bucket .. ':', ARGV[4] .. (bucket - 1) .. ':'
 local expires, gone_at = now_ms + window, (bucket + 2) * window + 1000
-local groups = {}
-for i = 1, n do
-  local part = part_of(ARGV[10 + i], parts)
-  local group = groups[part]
-  if not group then group = {}; groups[part] = group end
-  group[#group + 1] = i
-end
-local seen, fresh = {}, {}
-for part, group in pairs(groups) do
-  local digests = {}
-  for j, i in ipairs(group) do digests[j] = ARGV[10 + i] end
-  local key = current .. part
-  local now_marks = redis.call('HMGET', key, unpack(digests))
-  local old_marks = redis.call('HMGET', previous .. part, unpack(digests))
-  local writes = {}
-  for j, i in ipairs(group) do
+local seen, written = {}, {}
+for _, part in ipairs(parts) do
+  local first, last = a, a + part.k - 1
+  a = last + 1
+  local key = current .. part.number
+  local now_marks = redis.call('HMGET', key, unpack(ARGV, first, last))
+  local old_marks = redis.call('HMGET', previous .. part.number, unpack(ARGV, first, last))
+  local writes, dropped = {}, false
+  for j = 1, part.k do
     local mark, old = now_marks[j], old_marks[j]
     if (mark and tonumber(mark) > now_ms) or (old and tonumber(old) > now_ms) then
-      seen[#seen + 1] = i - 1
+      local high, low = string.byte(part.places, 2 * j - 1, 2 * j)
+      seen[#seen + 1] = high * 256 + low
+      dropped = true
     else
-      writes[#writes + 1] = digests[j]
+      writes[#writes + 1] = ARGV[first + j - 1]
       writes[#writes + 1] = expires
-      fresh[#fresh + 1] = digests[j]
     end
   end
   if #writes > 0 then
     redis.call('HSET', key, unpack(writes))
     redis.call('PEXPIREAT', key, gone_at)
+    if dropped then
+      for w = 1, #writes, 2 do written[#written + 1] = writes[w] end
+    else
+      written[#written + 1] = table.concat(ARGV, '', first, last)
+    end
   end
 end
-if #fresh > 0 then
-  redis.call('RPUSH', prefix .. 'written', bucket .. ':' .. #fresh[1] .. ':' .. table.concat(fresh))
-  if ARGV[9] ~= '' then
-    redis.call('HSET', ARGV[8], 'records', ARGV[9])
-    redis.call('RPUSH', prefix .. 'chunks', ARGV[8])
-  end
+if #written > 0 then
+  local size = #ARGV[a - 1]
+  redis.call('RPUSH', prefix .. 'written', bucket .. ':' .. size .. ':' .. table.concat(written))
 end
 table.sort(seen)
+local c, ends = 1, chunks[1] and chunks[1].n or 0
+for _, i in ipairs(seen) do
+  while i >= ends do c = c + 1; ends = ends + chunks[c].n end
+  chunks[c].seen = chunks[c].seen + 1
+end
+for _, chunk in ipairs(chunks) do
+  if chunk.seen < chunk.n and chunk.blob ~= '' then
+    redis.call('HSET', chunk.key, 'records', chunk.blob)
+    redis.call('RPUSH', prefix .. 'chunks', chunk.key)
+  end
+end
 local answer = table.concat(seen, ',')
 redis.call('HSET', prefix .. 'staged', ARGV[7], answer)
 return answer

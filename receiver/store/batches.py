@@ -21,9 +21,11 @@ Storing happens in three steps, each one short Redis script:
    being stored have reserved, plus this batch's bound must stay within the budget, or
    the batch is refused before anything is written (503). Another batch of the
    connector being stored means wait; one abandoned means discard it first.
-2. **Stage**, a chunk per call (a few ms of Redis each): records already marked live are
-   duplicates; the others are marked, and the chunk blob is written. No batch of the
-   connector can read the new marks before this one ends, and no job names the blob yet.
+2. **Stage**, several chunks per call (`STAGE_CHUNKS` in the endpoint: each mark hash is
+   then touched once for several records; tens of ms of Redis a call): records already
+   marked live are duplicates; the others are marked, and the chunk blobs are written. No
+   batch of the connector can read the new marks before this one ends, and no job names
+   a blob yet.
 3. **Commit**: the chunk jobs are written and queued, and the connector is free again.
    About one job per 1,000 records: a few ms for a 250,000-record batch.
 
@@ -37,6 +39,7 @@ mid-batch leaves its batch behind; the next batch of the connector, or any batch
 from __future__ import annotations
 
 import asyncio
+import bisect
 import os
 import random
 import time
@@ -67,6 +70,7 @@ STAGING_DEADLINE = 60  # seconds a batch may go without a step before it counts 
 BUSY_WAIT = 120.0  # seconds a batch waits for another batch of its connector to end
 SEEN_PARTS = 1024  # dedup mark hashes per connector and time bucket
 RETRY_AFTER = 30  # seconds, in the answer to a batch over the budget
+BATCH_OVERHEAD = 8_192  # bytes any batch may take on top of its records (see growth_bound)
 _POLL = (0.05, 0.25)  # seconds between two looks at a busy connector, at random
 
 
@@ -79,9 +83,16 @@ def budget_arguments(budget: str) -> tuple[int, float]:
     return int(text), 0.0
 
 
+def part_of(digest: bytes) -> int:
+    """The mark hash part of a record's digest (`batch_scripts.py`)."""
+    return (digest[0] << 8 | digest[1]) % SEEN_PARTS
+
+
 def growth_bound(body_bytes: int, records: int) -> int:
-    """The most an accepted batch may add to Redis (docs/contract.md)."""
-    return 2 * body_bytes + 100 * records
+    """The most an accepted batch may add to Redis (docs/contract.md), with what any batch
+    costs whatever its size (a job per route, its first mark hashes): what a batch reserves
+    of the budget."""
+    return 2 * body_bytes + 100 * records + BATCH_OVERHEAD
 
 
 @dataclass(frozen=True)
@@ -179,29 +190,38 @@ class Batch:
                 raise StoreError(f"another batch of connector {self.connector!r} is still being stored")
             await asyncio.sleep(random.uniform(*_POLL))
 
-    async def stage(self, chunk: StagedChunk) -> list[int]:
-        """Mark the chunk's new records seen and write its blob; the positions of the
-        records that were already seen (duplicates: no job runs them)."""
+    async def stage(self, chunks: Sequence[StagedChunk]) -> list[list[int]]:
+        """Mark the chunks' new records seen and write their blobs, in one call; per chunk,
+        the positions of the records that were already seen (duplicates: no job runs them)."""
         store = self.store
-        answer = await self._run(
-            store._stage,
-            [self.holder, OSMOS_INFLIGHT_KEY],
-            [
-                self.member,
-                self.prefix,
-                store.staging_deadline,
-                self.seen,
-                store.window_ms,
-                SEEN_PARTS,
-                chunk.number,
-                chunk.key,
-                chunk.blob,
-                len(chunk.digests),
-                *chunk.digests,
-            ],
-        )
-        seen = [int(position) for position in answer.split(b",")] if answer else []
-        self.duplicates += len(seen)
+        args: list[Any] = [self.member, self.prefix, store.staging_deadline, self.seen, store.window_ms]
+        args.append(len(chunks))
+        starts, place = [], 0
+        parts: dict[int, tuple[list[bytes], bytearray]] = {}
+        for chunk in chunks:
+            args.extend((chunk.number, chunk.key, chunk.blob, len(chunk.digests)))
+            starts.append(place)
+            for digest in chunk.digests:
+                group = parts.get(part_of(digest))
+                if group is None:
+                    group = parts[part_of(digest)] = ([], bytearray())
+                group[0].append(digest)
+                group[1].extend(place.to_bytes(2, "big"))
+                place += 1
+        if place > 65_536:
+            raise ValueError("at most 65,536 records a staging call")
+        args.append(len(parts))
+        for number, (digests, places) in parts.items():
+            args.extend((number, len(digests), bytes(places)))
+        for digests, _ in parts.values():
+            args.extend(digests)
+        answer = await self._run(store._stage, [self.holder, OSMOS_INFLIGHT_KEY], args)
+        seen: list[list[int]] = [[] for _ in chunks]
+        for text in answer.split(b",") if answer else ():
+            place = int(text)
+            index = bisect.bisect_right(starts, place) - 1
+            seen[index].append(place - starts[index])
+        self.duplicates += sum(len(positions) for positions in seen)
         return seen
 
     async def commit(

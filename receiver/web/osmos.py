@@ -51,7 +51,8 @@ from .state import ReceiverState
 
 log = logging.getLogger("osma_router.osmos")
 
-CHUNK_RECORDS = 1_000  # records per chunk: one blob, one job per route, a few ms of Redis to stage
+CHUNK_RECORDS = 1_000  # records per chunk: one blob, one job per route
+STAGE_CHUNKS = 8  # chunks per staging call: each mark hash touched once for ~8 records
 LARGE_BODY = 4 * 1_048_576  # bodies above this (or of unknown length) are read one at a time per process
 
 
@@ -185,17 +186,24 @@ class OsmosIngest:
             try:
                 await self.store.sweep()  # batches a dead receiver left half-stored
                 await batch.begin(growth_bound(body_bytes, body.count))
+                group: list[StagedChunk] = []
                 for offset, records in body.slices():
                     for chunk in chunks.add(records, offset):
+                        group.append(chunk)
+                        if len(group) < STAGE_CHUNKS:
+                            continue
                         if pending is not None:
                             await pending
-                        pending = asyncio.ensure_future(self._stage(batch, chunks, chunk))
-                        await asyncio.sleep(0)  # let the chunk go out while the next one is built
+                        pending = asyncio.ensure_future(self._stage(batch, chunks, group))
+                        group = []
+                        await asyncio.sleep(0)  # let the chunks go out while the next ones are built
                 last = chunks.finish()
+                if last is not None:
+                    group.append(last)
                 if pending is not None:
                     await pending
-                if last is not None:
-                    await self._stage(batch, chunks, last)
+                if group:
+                    await self._stage(batch, chunks, group)
                 await chunks.commit(batch, jobs)
                 duplicates = chunks.duplicates + batch.duplicates
                 return BatchOutcome(body.count - duplicates, duplicates)
@@ -217,8 +225,9 @@ class OsmosIngest:
                 raise StoreUnavailable("the event store is unavailable; retry later") from None
 
     @staticmethod
-    async def _stage(batch: Batch, chunks: RecordChunks, chunk: StagedChunk) -> None:
-        chunks.seen[chunk.number] = await batch.stage(chunk)
+    async def _stage(batch: Batch, chunks: RecordChunks, group: Sequence[StagedChunk]) -> None:
+        for chunk, seen in zip(group, await batch.stage(group), strict=True):
+            chunks.seen[chunk.number] = seen
 
     @contextlib.asynccontextmanager
     async def _client_for(self, count: int) -> AsyncIterator[AsyncRedis]:

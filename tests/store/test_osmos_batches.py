@@ -74,7 +74,8 @@ class Store:
         fresh = 0
         writes, readers, unread = [], [], []
         for number, records in enumerate(chunks):
-            seen = set(await batch.stage(self.chunk(batch, number, records)))
+            (positions,) = await batch.stage([self.chunk(batch, number, records)])
+            seen = set(positions)
             run = [p for p in range(len(records)) if p not in seen]
             fresh += len(run)
             if not run:
@@ -220,7 +221,7 @@ def test_a_swept_batch_cannot_stage_or_commit_any_more(store: Store, redis: Redi
         redis.zadd(OSMOS_INFLIGHT_KEY, {slow.member: 0})  # its deadline passed
         assert await batches.sweep() == 1
         with pytest.raises(StagingLost):
-            await slow.stage(store.chunk(slow, 1, records("b")))
+            await slow.stage([store.chunk(slow, 1, records("b"))])
         with pytest.raises(StagingLost):
             await slow.commit(b"[]", [], [], [])
 
@@ -233,7 +234,7 @@ def test_a_batch_whose_deadline_moved_on_is_not_swept(store: Store, redis: Redis
         batch = batches.open("crm")
         await store.store(batch, records("a"), commit=False)
         await Batch(batches, batch.member, batches.redis).discard(own=False)  # a sweep that comes too late
-        await batch.stage(store.chunk(batch, 1, records("b")))  # still its own
+        await batch.stage([store.chunk(batch, 1, records("b"))])  # still its own
 
     store.session(work)
     assert len(marks(redis, "crm")) == 2
@@ -277,14 +278,14 @@ def test_a_connector_busy_too_long_is_a_store_error(store: Store, redis: Redis):
     store.session(work, busy_wait=0.2)
 
 
-def test_a_chunk_sent_twice_is_staged_once(store: Store, redis: Redis):
-    async def work(batches: BatchStore) -> tuple[list[int], list[int]]:
+def test_chunks_sent_twice_are_staged_once(store: Store, redis: Redis):
+    async def work(batches: BatchStore) -> tuple[list[list[int]], list[list[int]]]:
         batch = batches.open("crm")
         await batch.begin(1)
-        chunk = store.chunk(batch, 0, records("a", "b"))
-        return await batch.stage(chunk), await batch.stage(chunk)  # a retried call
+        chunks = [store.chunk(batch, 0, records("a", "b")), store.chunk(batch, 1, records("c"))]
+        return await batch.stage(chunks), await batch.stage(chunks)  # a retried call
 
-    assert store.session(work) == ([], [])
+    assert store.session(work) == ([[], []], [[], []])
 
 
 def test_a_batch_over_the_budget_is_refused_before_anything_is_stored(store: Store, redis: Redis):
