@@ -92,7 +92,7 @@ def test_the_documented_connector_and_route_post_a_measurement_per_record(
         # OGSM adds up a "sum" KPI's measurements: the month shows one per record.
         assert sum(report["current_value"] for report in reports) == len(records)
 
-        # Osmos sending the batch again (after a timeout, say) is accepted and posts nothing more.
+        # The batch sent again (the pipeline run again) is accepted and posts nothing more.
         assert send().json() == answer
         again = osma_router(["worker", "--burst"], env, tmp_path, timeout=120)
         assert again.returncode == 0, again.stderr
