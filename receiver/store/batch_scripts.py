@@ -151,9 +151,10 @@ return answer
 
 # KEYS: [1] holder key, [2] inflight set, [3] reservations hash, [4] rq:queues.
 # ARGV: [1] member, [2] batch prefix, [3] rq job prefix, [4] rq queue prefix, [5] now (RQ
-# format), [6] job templates (a JSON array of flat field lists), [7] m, then m pairs
-# (chunk key, jobs reading it), [8 + 2m] d, then d chunk keys no job reads, then j, then j
-# times: template number, job id, queue, data, description.
+# format), [6] job templates (a JSON array of flat field lists), [7] m, then per chunk read
+# by jobs: its key, the number of routes r whose jobs read it, and those r route keys;
+# then d, then d chunk keys no job reads; then j, then j times: template number, job id,
+# queue, data, description.
 # Queues the chunk jobs and ends the batch. Returns 'ok'. (A commit whose answer was lost
 # and is sent again finds the batch ended: STAGING_LOST, answered 503; the sender's resend
 # then finds every record a duplicate.)
@@ -165,7 +166,11 @@ if not holds(KEYS[1], KEYS[2], member) then return lost('the batch was swept as 
 local a = 7
 local m = tonumber(ARGV[a]); a = a + 1
 for _ = 1, m do
-  redis.call('HSET', ARGV[a], 'refs', ARGV[a + 1]); a = a + 2
+  local key, r = ARGV[a], tonumber(ARGV[a + 1])
+  a = a + 2
+  for _ = 1, r do
+    redis.call('HSET', key, 'reader:' .. ARGV[a], '1'); a = a + 1
+  end
 end
 local d = tonumber(ARGV[a]); a = a + 1
 for _ = 1, d do
@@ -245,10 +250,12 @@ return redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now_ms, 'LIMIT', 0, tonumber
 """
 )
 
-# KEYS: [1] a chunk key. Called by each job of the chunk when it is done with it; the
-# last one removes it. Returns the jobs still reading it.
+# KEYS: [1] a chunk key. ARGV: [1] a route key. Called by the chunk's job for that route
+# when it is done with the chunk (twice is harmless: a job RQ ran again while its first
+# run went on); the last reader removes the chunk. Returns the readers left.
 RELEASE = """
-local left = redis.call('HINCRBY', KEYS[1], 'refs', -1)
+redis.call('HDEL', KEYS[1], 'reader:' .. ARGV[1])
+local left = redis.call('HLEN', KEYS[1]) - 1
 if left <= 0 then redis.call('UNLINK', KEYS[1]) end
 return left
 """

@@ -6,7 +6,8 @@ with it for long at a stretch. So records are kept in chunks, not one job per re
 
 - **Chunks.** About 1,000 records per chunk: their canonical JSON, one per line,
   compressed (zlib) and, with encryption keys, sealed; one hash per chunk
-  (`osmos_chunk_key`: `records`, and `refs`, the jobs that still read it).
+  (`osmos_chunk_key`: `records`, and a `reader:<route key>` field per job that still
+  reads it).
 - **Jobs.** One RQ job per (chunk, matching route), which runs the route's handler for
   each of the chunk's records (`worker/osmos.py`); a record that fails leaves the chunk
   as a job of its own, with the usual retries (`osmos_chunks.py`).
@@ -227,14 +228,14 @@ class Batch:
     async def commit(
         self,
         templates: bytes,
-        readers: Sequence[tuple[str, int]],
+        readers: Sequence[tuple[str, Sequence[str]]],
         unread: Sequence[str],
         jobs: Sequence[JobWrite],
     ) -> None:
         """Queue the chunk jobs and end the batch, in one step.
 
         `templates`: the job hash templates as one JSON array (`JobWrite.template` counts
-        from 0 into it); `readers`: (chunk key, jobs that read it); `unread`: chunk keys
+        from 0 into it); `readers`: (chunk key, the routes whose jobs read it); `unread`: chunk keys
         no job reads (every record matched by a route was a duplicate).
         """
         args: list[Any] = [
@@ -246,8 +247,8 @@ class Batch:
             templates,
         ]
         args.append(len(readers))
-        for key, count in readers:
-            args.extend((key, count))
+        for key, routes in readers:
+            args.extend((key, len(routes), *routes))
         args.append(len(unread))
         args.extend(unread)
         args.append(len(jobs))

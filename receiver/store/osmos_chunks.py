@@ -177,9 +177,9 @@ class Chunks:
         blob = self.redis.hget(key, "records")
         return blob if isinstance(blob, bytes) else None
 
-    def release(self, key: str) -> None:
-        """This job is done with the chunk; the last of its jobs removes it."""
-        self._release(keys=[key])
+    def release(self, key: str, route: str) -> None:
+        """The job of `route` is done with the chunk; the last of its jobs removes it."""
+        self._release(keys=[key], args=[route])
 
     def keep_for(self, key: str, seconds: int) -> None:
         """A chunk job that failed for good keeps its blob as long as RQ keeps the job

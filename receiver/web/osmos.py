@@ -356,11 +356,11 @@ class RecordChunks:
     async def commit(self, batch: Batch, jobs: ChunkJobs) -> None:
         """Queue a job per chunk and route that runs any record not seen before."""
         writes: list[JobWrite] = []
-        readers: list[tuple[str, int]] = []
+        readers: list[tuple[str, list[str]]] = []
         unread: list[str] = []
         for number, closed in enumerate(self.closed):
             seen = set(self.seen.get(number, ()))
-            made = 0
+            made: list[str] = []
             for n, plan in enumerate(jobs.routes):
                 matched = closed.matches.get(n)  # None: the route has no `where`
                 candidates = range(closed.records) if matched is None else matched
@@ -373,7 +373,7 @@ class RecordChunks:
                         plan, self.member, number, closed.records, None if everything else run, closed.repeats
                     )
                 )
-                made += 1
+                made.append(plan.route.key)
             key = osmos_chunk_key(self.member, number)
             if made:
                 readers.append((key, made))

@@ -62,7 +62,7 @@ def execute_chunk(spec: Mapping[str, Any], runtime: WorkerRuntime | None = None)
         if job is not None and not job.should_retry:
             chunks.keep_for(str(spec["chunk"]), KEEP_AFTER_FAILURE)
         raise
-    chunks.release(str(spec["chunk"]))
+    chunks.release(str(spec["chunk"]), str(spec["route"]["key"]))
 
 
 @dataclass(frozen=True)

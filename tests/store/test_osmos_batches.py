@@ -84,7 +84,7 @@ class Store:
             positions = None if len(run) == len(records) else run
             for plan in self.jobs.routes:
                 writes.append(self.jobs.job(plan, batch.member, number, len(records), positions, {}))
-            readers.append((osmos_chunk_key(batch.member, number), len(self.jobs.routes)))
+            readers.append((osmos_chunk_key(batch.member, number), [p.route.key for p in self.jobs.routes]))
         if commit:
             await batch.commit(templates_json(self.jobs.templates), readers, unread, writes)
         return fresh
@@ -164,7 +164,8 @@ def test_staged_records_stay_invisible_until_the_commit(store: Store, redis: Red
             for n, size in enumerate((2, 1))
             for plan in store.jobs.routes
         ]
-        readers = [(osmos_chunk_key(batch.member, n), 2) for n in range(2)]
+        routes = [plan.route.key for plan in store.jobs.routes]
+        readers = [(osmos_chunk_key(batch.member, n), routes) for n in range(2)]
         await batch.commit(templates_json(store.jobs.templates), readers, [], writes)
         return fresh
 

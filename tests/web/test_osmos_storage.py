@@ -46,8 +46,8 @@ fields = [{ name = "code", type = "string" }]
 """
 RECORD_ROUTE = '[[routes]]\non = "osmos.*"\nhandler = "sample.record"\nlabel = "all"\n'
 BROKEN_ROUTE = (
-    '[[routes]]\non = "osmos.crm.record"\nwhere = { customer_id = "cus_00000001" }\nhandler = "sample.broken"\n'
-    "retries = 0\n"
+    '[[routes]]\non = "osmos.crm.record"\nwhere = { customer_id = "cus_00000001" }\n'
+    'handler = "sample.broken"\nretries = 0\n'
 )
 
 
