@@ -29,6 +29,7 @@ import orjson
 from redis.asyncio import Redis as AsyncRedis
 from starlette.types import Receive, Scope, Send
 
+from ..crypto import Sealer
 from ..exceptions import (
     HTTPFacingError,
     InvalidRecords,
@@ -289,7 +290,7 @@ class RecordChunks:
     the records they match. An identical record already in the batch is left out with a
     `key`; without one it is a row of its own, with its occurrence in its id (`RecordIds`)."""
 
-    def __init__(self, ids: RecordIds, routes: Sequence[Route], member: str, sealer: Any) -> None:
+    def __init__(self, ids: RecordIds, routes: Sequence[Route], member: str, sealer: Sealer | None) -> None:
         self.ids = ids
         self.routes = routes
         self.member = member
