@@ -136,8 +136,13 @@ def configure_logging(log_format: str = "json", level: int | str = logging.INFO)
     logging.getLogger("rq.worker").setLevel(logging.WARNING)
     # Our clients log each upstream call with its request-id; httpx's own line repeats it.
     logging.getLogger("httpx").setLevel(logging.WARNING)
-    for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
+    for name in ("uvicorn", "uvicorn.error"):
         logging.getLogger(name).handlers[:] = []
         logging.getLogger(name).propagate = True
-    # One line per delivery comes from the receiver itself, with the event id.
-    logging.getLogger("uvicorn.access").setLevel(logging.WARNING)
+    # One line per delivery comes from the receiver itself, with the event id. uvicorn
+    # formats an access line (client address, path) for every answer whenever its access
+    # logger has a handler, even one that drops it; with none, it skips that work.
+    access = logging.getLogger("uvicorn.access")
+    access.handlers[:] = []
+    access.propagate = False
+    access.setLevel(logging.WARNING)
