@@ -410,6 +410,11 @@ _TABLE: tuple[_Row, ...] = (
     _Row("TRUSTED_PROXIES", "trusted_proxies", _proxy_list, (), _joined_or("- (X-Forwarded-* ignored)")),
     _Row("SHUTDOWN_GRACE", "shutdown_grace", _positive_number, 25.0, "{:g} s"),
     _Row("BODY_TIMEOUT", "body_timeout", _positive_number, 10.0, "{:g} s"),
+    # The HTTP edge of `serve`, per receiver process (receiver/web/edge.py).
+    _Row("MAX_HEADER_BYTES", "max_header_bytes", _integer(minimum=1024), 16_384, "{}"),
+    _Row("MAX_CONNECTIONS", "max_connections", _integer(minimum=1), 1000, "{} per receiver process"),
+    _Row("HEADER_TIMEOUT", "header_timeout", _positive_number, 10.0, "{:g} s"),
+    _Row("KEEPALIVE_TIMEOUT", "keepalive_timeout", _positive_number, 5.0, "{:g} s"),
     # Handler plugins to load, by entry point name; unset loads all. check-config lists them itself.
     _Row("PLUGINS", "plugins", _entry_point_names, None, None),
     _Row("QUEUE", "queue_name", _queue_name, "osma-router", "{}"),
@@ -455,6 +460,11 @@ class Settings:
     shutdown_grace: float = _DEFAULT["shutdown_grace"]
     # seconds a webhook body may take to arrive (slow clients: 408)
     body_timeout: float = _DEFAULT["body_timeout"]
+    # `serve`'s HTTP edge: request head size, open connections, head and keep-alive timeouts
+    max_header_bytes: int = _DEFAULT["max_header_bytes"]
+    max_connections: int = _DEFAULT["max_connections"]
+    header_timeout: float = _DEFAULT["header_timeout"]
+    keepalive_timeout: float = _DEFAULT["keepalive_timeout"]
     # the operator console's login token; without it the console serves loopback only
     console_token: Secret | None = _DEFAULT["console_token"]
     # the handler plugins (entry point names) to load; None: every installed one

@@ -14,6 +14,7 @@ from ..dev.runner import run_dev
 from ..exceptions import ConfigError
 from ..logs import configure_logging
 from ..store.connection import connect
+from ..web.edge import EdgeLimits
 from ..web.metrics import multiprocess_directory
 from ..web.state import build_state
 from ..worker.execution import WorkerRuntime
@@ -56,6 +57,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
             proxy_headers=bool(config.trusted_proxies),
             forwarded_allow_ips=list(config.trusted_proxies) or None,
             timeout_graceful_shutdown=20,
+            # Head size and timeout, connection cap, keep-alive (docs/contract.md, "HTTP edge").
+            **EdgeLimits.from_settings(config).uvicorn_options(),
         )
     return 0
 

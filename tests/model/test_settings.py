@@ -347,6 +347,10 @@ def test_summary_lists_every_shown_setting_in_field_order() -> None:
         "trusted_proxies",
         "shutdown_grace",
         "body_timeout",
+        "max_header_bytes",
+        "max_connections",
+        "header_timeout",
+        "keepalive_timeout",
         "console_token",
     ]
     assert summary["capture_retention"] == "604800 s, at most 100000 deliveries"
