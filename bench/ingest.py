@@ -75,6 +75,7 @@ class Case:
     server_cpu: float | None = None
     redis_cpu: float | None = None
     wrk_cpu: float | None = None
+    store_calls: int | None = None  # osma-router: admit script calls (grouped commits) in the run
 
     @property
     def cpu_us_per_request(self) -> float | None:
@@ -312,6 +313,7 @@ def run_case(
     run_wrk(url, work / "warmup.bin", connections, args.duration)
     if redis is not None:
         redis.flushdb()
+        redis.config_resetstat()  # so the script calls counted are this run's
     ids = write_requests(
         work / "requests.bin", host, tag, args.requests, args.duplicates, gap=4 * connections
     )
@@ -322,8 +324,10 @@ def run_case(
     result = run_wrk(url, work / "requests.bin", connections, args.duration, pids)
     if profiler is not None:
         profiler.wait(args.duration + 30)
+    calls = None
     if redis is not None:
         check = check_store(redis, ids, result)
+        calls = redis.info("commandstats").get("cmdstat_evalsha", {}).get("calls", 0)
     else:
         check = {"ok": result["answered"] == result["sent"] == result["statuses"].get("202", 0)}
     seconds = result["duration_us"] / 1e6
@@ -344,6 +348,7 @@ def run_case(
         server_cpu=result.get("cpu_server"),
         redis_cpu=result.get("cpu_redis"),
         wrk_cpu=result.get("cpu_wrk"),
+        store_calls=calls,
     )
 
 
@@ -384,7 +389,7 @@ def report(cases: list[Case], args: argparse.Namespace, stamp: str, router: str,
     print(f"\n{where}; CPU as % of one core over the measured run")
     print(
         f"{'round':>5} {'server':<20} {'conns':>5} {'rps':>9} {'p50 ms':>8} {'p99 ms':>8}"
-        f" {'server cpu':>10} {'µs cpu/req':>10} {'redis cpu':>9} {'wrk cpu':>8}"
+        f" {'server cpu':>10} {'µs cpu/req':>10} {'redis cpu':>9} {'wrk cpu':>8} {'per call':>8}"
     )
     for case in cases:
         print(
@@ -392,6 +397,7 @@ def report(cases: list[Case], args: argparse.Namespace, stamp: str, router: str,
             f" {case.p50_ms:>8.2f} {case.p99_ms:>8.2f} {percent(case.server_cpu):>10}"
             f" {per_request(case.cpu_us_per_request):>10}"
             f" {percent(case.redis_cpu):>9} {percent(case.wrk_cpu):>8}"
+            f" {'-' if not case.store_calls else f'{case.answered / case.store_calls:.1f}':>8}"
         )
     by_key = {(case.server, case.connections, case.round): case for case in cases}
     rounds = range(1, args.rounds + 1)
