@@ -64,7 +64,7 @@ def newest_failed_ids(jobs: FailedJobs) -> Iterator[str]:
 def matching(console: Console, chosen: FailedFilter) -> tuple[list[FailedJob], bool]:
     """Failed jobs the filter matches: at most MAX_ROWS, of the newest MAX_READ; True when
     there may be more."""
-    jobs = FailedJobs(console.redis, console.queues)
+    jobs = FailedJobs(console.redis, console.queues, mask=True)
     rows: list[FailedJob] = []
     for read, job_id in enumerate(newest_failed_ids(jobs)):
         if read == MAX_READ or len(rows) == MAX_ROWS:
@@ -101,7 +101,7 @@ def retry_one(page: PageRequest, console: Console) -> Response:
     job_id = page.form.get("job_id")
     back = local_path(page.form.get("back"), "/failed")
     try:
-        FailedJobs(console.redis, console.queues).retry(job_id)
+        FailedJobs(console.redis, console.queues, mask=True).retry(job_id)
     except NoSuchFailedJob:
         notice = f"job {job_id} is not in the failed registry any more (retried already?)"
     else:
@@ -129,7 +129,7 @@ def retry_matching_confirm(page: PageRequest, console: Console) -> Response:
 def retry_matching(page: PageRequest, console: Console) -> Response:
     chosen = FailedFilter.read(page.form.fields)
     rows, _more = matching(console, chosen)
-    failed = FailedJobs(console.redis, console.queues)
+    failed = FailedJobs(console.redis, console.queues, mask=True)
     requeued = gone = 0
     for job in rows:
         try:

@@ -20,6 +20,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
 from redis import Redis
 from rq.exceptions import NoSuchJobError
 from rq.job import Job
@@ -28,6 +29,7 @@ from rq.serializers import JSONSerializer
 
 from ..crypto import Sealer
 from ..exceptions import NoSuchFailedJob, PermanentError
+from ..logs import masked, masked_values
 from .osmos_chunks import CHUNK_KIND
 
 SEALED_FIELDS = ("last_error_sealed", "traceback_sealed")
@@ -67,6 +69,18 @@ def kind_of(text: str) -> str:
     return head.rsplit(".", 1)[-1] if _TYPE_NAME.fullmatch(head) else "error"
 
 
+def event_values(spec: Mapping[str, Any]) -> set[str]:
+    """The values `masked` hides of the event a job spec carries in clear; none for a
+    sealed event or a job without one."""
+    body = spec.get("body")
+    if not isinstance(body, str):
+        return set()
+    try:
+        return masked_values(orjson.loads(body))
+    except orjson.JSONDecodeError:
+        return set()
+
+
 def _opened(meta: Mapping[str, Any], field: str, sealer: Sealer | None) -> str | None:
     """A sealed field's text, or a note saying why it cannot be read; None when absent."""
     token = meta.get(field)
@@ -95,7 +109,7 @@ class FailedJob:
     traceback: str = ""
 
 
-def _describe(job: Job, queue: str, sealer: Sealer | None) -> FailedJob:
+def _describe(job: Job, queue: str, sealer: Sealer | None, mask: bool) -> FailedJob:
     try:
         spec: dict[str, Any] = job.args[0] if job.args and isinstance(job.args[0], dict) else {}
     except Exception:
@@ -107,6 +121,8 @@ def _describe(job: Job, queue: str, sealer: Sealer | None) -> FailedJob:
         meta.get("last_error") or _last_line(exc_text) or "-"
     )
     traceback = _opened(meta, "traceback_sealed", sealer) if sealer is not None else None
+    if mask:  # for a page: the error as the worker's log line has it, and no traceback
+        last_error, traceback = masked(last_error, event_values(spec)), ""
     return FailedJob(
         job_id=job.id,
         queue=queue,
@@ -146,11 +162,16 @@ def _last_line(text: str | None) -> str:
 
 
 class FailedJobs:
-    """The failed jobs of `queues`; `sealer` opens sealed errors (see the module docstring)."""
+    """The failed jobs of `queues`; `sealer` opens sealed errors (see the module docstring).
+    `mask`: each last error with the values of its event masked, and no traceback (the
+    console's pages, which show no member data)."""
 
-    def __init__(self, redis: Redis, queues: Sequence[str], sealer: Sealer | None = None) -> None:
+    def __init__(
+        self, redis: Redis, queues: Sequence[str], sealer: Sealer | None = None, *, mask: bool = False
+    ) -> None:
         self.redis = redis
         self.sealer = sealer
+        self.mask = mask
         self.registries = {
             name: FailedJobRegistry(name, connection=redis, serializer=JSONSerializer) for name in queues
         }
@@ -162,13 +183,13 @@ class FailedJobs:
                     job = Job.fetch(job_id, connection=self.redis, serializer=JSONSerializer)
                 except NoSuchJobError:
                     continue
-                yield _describe(job, queue, self.sealer)
+                yield _describe(job, queue, self.sealer, self.mask)
 
     def get(self, job_id: str) -> FailedJob:
         for queue, registry in self.registries.items():
             if job_id in registry:
                 job = Job.fetch(job_id, connection=self.redis, serializer=JSONSerializer)
-                return _describe(job, queue, self.sealer)
+                return _describe(job, queue, self.sealer, self.mask)
         raise NoSuchFailedJob(f"no failed job with id {job_id!r} (see `osma-router failed list`)")
 
     def retry(self, job_id: str) -> None:

@@ -36,13 +36,14 @@ from rq.registry import ScheduledJobRegistry
 from rq.serializers import JSONSerializer
 
 from ..keys import RQ_JOB_PREFIX, dedup_key, effect_key, effects_of_key
-from ..logs import masked, masked_values
+from ..logs import masked
 from ..model.connectors import SOURCE as OSMOS
 from ..model.connectors import Connector
 from ..model.plugins import HandlerRegistry
 from ..model.routes import Config, Route, job_id_head, load_config
 from ..settings import Settings
 from .dedup import DedupMark
+from .failed import event_values
 from .ledger import job_effect_key
 
 OSMA = "osma"
@@ -289,9 +290,9 @@ def _with_error_masked(redis: Redis, job: JobTrace) -> JobTrace:
         return job
     try:
         spec = Job.fetch(job.job_id, connection=redis, serializer=JSONSerializer).args[0]
-        values = masked_values(orjson.loads(spec["body"])) if "body" in spec else set()
-    except Exception:  # gone meanwhile, not ours, or not JSON: nothing there to mask against
-        values = set()
+    except Exception:  # gone meanwhile, or not ours: nothing there to mask against
+        return job
+    values = event_values(spec) if isinstance(spec, dict) else set()
     return replace(job, last_error=masked(job.last_error, values)) if values else job
 
 
