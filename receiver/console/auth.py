@@ -65,7 +65,9 @@ class Sessions:
         if not cookie or cookie.count(".") != 3:
             return None
         issued_text, nonce, flag, mac = cookie.split(".")
-        if not hmac.compare_digest(mac, self._mac(f"{issued_text}.{nonce}.{flag}")):
+        expected = self._mac(f"{issued_text}.{nonce}.{flag}").encode()
+        # As bytes: compare_digest refuses a str that is not ASCII, and a cookie may be anything.
+        if not hmac.compare_digest(mac.encode("utf-8", "replace"), expected):
             return None
         try:
             issued = int(issued_text)
