@@ -101,7 +101,8 @@ class DirectTarget:
     """Queue each event through the receiver's `Pipeline.admit`."""
 
     def __init__(self, settings: Settings, *, force: bool, dry_run: bool = False) -> None:
-        config = load_config(settings.config_path, HandlerRegistry.discover(settings.plugins))
+        # Like the worker: it checks no Osmos request, so it needs no connector token.
+        config = load_config(settings.config_path, HandlerRegistry.discover(settings.plugins), tokens=False)
         # A dry run routes and reads (if Redis is configured) but never stores.
         url = settings.redis_url if dry_run else settings.require_redis_url()
         self._loop = asyncio.new_event_loop()
