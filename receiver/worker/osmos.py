@@ -35,7 +35,7 @@ from rq.job import Job, get_current_job
 from rq.timeouts import JobTimeoutException, UnixSignalDeathPenalty
 
 from ..exceptions import ConfigError, PermanentError
-from ..keys import JOB_COUNTS_KEY, job_count_field
+from ..keys import JOB_COUNTS_KEY, RQ_JOB_PREFIX, job_count_field
 from ..model.connectors import SOURCE, RecordIds
 from ..model.events import Event, build_event, parse_time
 from ..model.plugins import Handler
@@ -167,8 +167,11 @@ class ChunkRun:
             "handler raised; the record leaves its chunk as a job of its own",
             extra={"job_id": job.id, "handler": handler, "event_id": event_id, "reason": type(exc).__name__},
         )
-        if Job.exists(job.id, connection=redis):
-            return  # an earlier run of this chunk made it: that job owns the record's retries
+        # An earlier run of this chunk made it: that job owns the record's retries. Only a
+        # job saved whole counts: `_record_failure` writes the meta first, and a worker that
+        # died right then left a hash with a meta alone, which RQ never runs.
+        if redis.hexists(RQ_JOB_PREFIX + job.id, "data"):
+            return
         _record_failure(job, exc, self.attempt, runtime.sealer)
         text = "".join(traceback.format_exception(exc))
         outcome = park(redis, job, kept_exc_text(job.meta or {}, text))

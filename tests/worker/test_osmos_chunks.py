@@ -15,12 +15,13 @@ from rq.job import Job
 from rq.registry import FailedJobRegistry
 from rq.serializers import JSONSerializer
 
+from receiver.model.routes import job_id_head
 from receiver.settings import Settings
 from receiver.store.failed import FailedJobs
 from receiver.worker.execution import WorkerRuntime
 from receiver.worker.osmos import execute_chunk
 from receiver.worker.runner import run_worker
-from tests.osmos_support import job_spec, queued_jobs
+from tests.osmos_support import job_spec, queued_jobs, queued_records
 from tests.support import env_for, handled
 
 TOKEN = "osmos-worker-token-1234"
@@ -112,3 +113,22 @@ def test_a_chunk_job_that_cannot_read_its_records_fails_whole_and_runs_after_fai
     run_worker(runtime(live, redis_server, OSMA_ROUTER_ENCRYPTION_KEYS=key), ["osma-router"], burst=True)
     assert len(handled(redis)) == 6
     assert FailedJobRegistry("osma-router", connection=redis).count == 0 and not redis.exists(chunk)
+
+
+def test_a_record_whose_job_was_only_half_written_still_leaves_its_chunk(
+    start_receiver, monkeypatch, redis, redis_server
+):
+    """A worker that died after noting a failing record's error in its job's meta, before
+    the job itself was saved, left a job hash with a meta and nothing else: the chunk's next
+    run must still make that record a job (one RQ holds), not take it for one already made."""
+    monkeypatch.setenv("CRM_OSMOS_TOKEN", TOKEN)
+    routes = ROUTES.split("[[routes]]")[0] + '[[routes]]\non = "osmos.crm.record"\nhandler = "sample.leaky"\n'
+    live = start_receiver(routes + "retries = 0\n" + ROUTES[ROUTES.index("[connectors.crm]") :])
+    post(live, 1)
+    [record] = queued_records(redis)
+    redis.hset(f"rq:job:{job_id_head('osmos', record.event_id)}{record.route}", "meta", '{"attempts": 1}')
+
+    run_worker(runtime(live, redis_server), ["osma-router"], burst=True)
+
+    [failed] = list(FailedJobs(redis, ["osma-router"]))
+    assert failed.event_id == record.event_id and failed.handler == "sample.leaky"
