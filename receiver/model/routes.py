@@ -18,7 +18,7 @@ import hashlib
 import re
 import tomllib
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -244,8 +244,6 @@ def _flatten(where: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 def _replace_key(route: Route, key: str) -> Route:
-    from dataclasses import replace
-
     return replace(route, key=key)
 
 

@@ -15,6 +15,8 @@ from datetime import UTC, datetime
 from typing import Any
 
 from redis import Redis
+from rq.serializers import JSONSerializer
+from rq.worker import Worker
 
 from ..keys import SEEN_PATTERN, SEEN_PREFIX
 from ..settings import Settings
@@ -107,9 +109,6 @@ def durability_warnings(info: dict[str, Any]) -> list[str]:
 
 
 def _workers(redis: Redis) -> list[WorkerRow]:
-    from rq.serializers import JSONSerializer
-    from rq.worker import Worker
-
     rows = []
     for worker in sorted(Worker.all(connection=redis, serializer=JSONSerializer), key=lambda w: w.name):
         beat = worker.last_heartbeat
