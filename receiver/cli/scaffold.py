@@ -19,6 +19,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from ..dev.runner import typed_command
 from .common import add_command, fail
 
 # Template -> the file it becomes; paths are templates too ($package).
@@ -97,9 +98,9 @@ def cmd_new_plugin(args: argparse.Namespace) -> int:
     where = shown(directory)
     print(f"wrote the plugin {args.name} (handler {package_name(args.name)}.kpi) to {where}")
     print("next steps:")
-    print(f"  pip install -e {where}")
-    print(f"  pytest {where}")
-    print(f"  OSMA_ROUTER_CONFIG={where}/osma-router.toml osma-router dev")
+    print(f"  {typed_command('pip')} install -e {where}")
+    print(f"  {typed_command('pytest')} {where}")
+    print(f"  OSMA_ROUTER_CONFIG={where}/osma-router.toml {typed_command('osma-router')} dev")
     return 0
 
 

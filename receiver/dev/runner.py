@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import shlex
+import shutil
 import signal
 import socket
 import subprocess
@@ -13,6 +15,7 @@ import sys
 import time
 from collections.abc import Iterator
 from contextlib import ExitStack
+from pathlib import Path
 
 from ..exceptions import ConfigError
 from ..model.plugins import HandlerRegistry
@@ -125,6 +128,21 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+def typed_command(name: str) -> str:
+    """How a person types `name`, a command of the environment this process runs in, in a
+    shell with this PATH: the bare name when PATH finds this environment's, else its path
+    (`.venv/bin/osma-router` below the working directory). After `make install` a clone's
+    commands are in .venv/bin, which is not on PATH, and a bare `pip` there is another Python's."""
+    ours = Path(sys.executable).parent / name
+    found = shutil.which(name)
+    if not ours.is_file() or (found is not None and Path(found).parent.resolve() == ours.parent.resolve()):
+        return name
+    try:
+        return shlex.quote(str(ours.relative_to(Path.cwd())))
+    except ValueError:
+        return shlex.quote(str(ours))
+
+
 def _block(
     settings: Settings,
     url: str,
@@ -157,9 +175,15 @@ def _block(
     cafile = f"SSL_CERT_FILE={certificate.cert.resolve()} " if certificate is not None else ""
     # Without --secret, `send` signs with the first of OSMA_ROUTER_WEBHOOK_SECRETS.
     signing = f" --secret {DEV_SECRET}" if built_in else ""
-    yield f"  try      : {cafile}osma-router send {url}/webhooks/osma examples/task-completed.json{signing}\n"
+    command = typed_command("osma-router")
+    yield f"  try      : {cafile}{command} send {url}/webhooks/osma examples/task-completed.json{signing}\n"
     if "see" in upstream_lines:
         yield f"  see      : {upstream_lines['see']}\n"
+    # `trace` in another terminal reads the same Redis and routes file (for the handlers).
+    reads = [f"{PREFIX}REDIS_URL={redis.url}"] if redis is not None else []
+    if settings.config_path is not None:
+        reads.append(f"{PREFIX}CONFIG={shlex.quote(str(settings.config_path))}")
+    yield f"  trace    : {' '.join([*reads, command, 'trace', 'EVENT_ID'])}\n"
 
 
 def _wait_until_listening(name: str, host: str, port: int, children: list[subprocess.Popen[bytes]]) -> None:

@@ -120,7 +120,10 @@ class Delivery:
         matching = [job for job in self.jobs if job.handler == handler]
         if len(matching) != 1:
             ran = ", ".join(job.handler for job in self.jobs) or "none"
-            raise AssertionError(f"{len(matching)} jobs of {handler} ran (jobs that ran: {ran})")
+            why = ""
+            if not self.jobs and self.status_code == 202 and self.json().get("jobs") == 0:
+                why = "; the receiver queued none: no route matched the event (see its `on` and `where`)"
+            raise AssertionError(f"{len(matching)} jobs of {handler} ran (jobs that ran: {ran}){why}")
         return matching[0]
 
     def raise_for_failures(self) -> None:
@@ -156,7 +159,7 @@ class JobRecorder:
             self.runs[ended.job_id] = run
         run.max_attempts = ended.attempts
         if ended.error is not None:
-            run.exception = ended.error
+            run.exception = _without_rq_frames(ended.error)
         if ended.outcome == "deferred":
             run.state = "waiting"
             run.deferred += 1
@@ -176,6 +179,19 @@ class JobRecorder:
     def waiting(self, job_id: str) -> bool:
         run = self.runs.get(job_id)
         return run is not None and run.state == "waiting"
+
+
+def _without_rq_frames(error: BaseException) -> BaseException:
+    """`error` with its traceback starting past RQ's worker, at osma-router's job entry
+    point: a failed test shows the way to the handler's line, not RQ's internals."""
+    tb = error.__traceback__
+    while tb is not None and tb.tb_next is not None and _in_rq(tb.tb_frame.f_globals.get("__name__")):
+        tb = tb.tb_next
+    return error.with_traceback(tb)
+
+
+def _in_rq(module: object) -> bool:
+    return isinstance(module, str) and (module == "rq" or module.startswith("rq."))
 
 
 def _error_of(error: BaseException | None) -> JobError:

@@ -8,6 +8,7 @@ import os
 import queue
 import re
 import shlex
+import shutil
 import signal
 import socket
 import subprocess
@@ -122,7 +123,8 @@ def test_dev_without_upstream_settings_posts_the_kpi_example_to_its_fake_ogsm(tm
         assert measurements(block["see"]) == []
 
         command = shlex.split(block["try"])
-        assert command[0] == "osma-router"
+        # As typed in a shell with dev's PATH: `osma-router`, or its path when PATH lacks it.
+        assert Path(command[0]).name == "osma-router" and shutil.which(command[0]), command[0]
         sent = osma_router(command[1:], {}, ROOT)
         assert sent.returncode == 0, sent.stdout + sent.stderr
         assert '"jobs":1' in sent.stdout
@@ -134,10 +136,21 @@ def test_dev_without_upstream_settings_posts_the_kpi_example_to_its_fake_ogsm(tm
         assert posted[0]["indicator"] == {"id": 456}
         assert posted[0]["at"] == "2026-11-01" and posted[0]["current_value"] == 1
 
+        # The printed `trace` line, run from another terminal (no OSMA_ROUTER_* of dev's):
+        # it names dev's embedded Redis and routes file, so the job shows its handler.
+        event_id = json.loads(sent.stdout[sent.stdout.index("{") :])["id"]
+        words = shlex.split(block["trace"])
+        settings = dict(word.split("=", 1) for word in words if re.match(r"OSMA_ROUTER_\w+=", word))
+        program, *args = words[len(settings) :]
+        assert Path(program).name == "osma-router" and args == ["trace", "EVENT_ID"], block["trace"]
+        traced = osma_router(["trace", event_id, "--json"], settings, ROOT)
+        assert traced.returncode == 0, traced.stderr
+        (job,) = json.loads(traced.stdout)["jobs"]
+        assert job["handler"] == "ogsm.indicator_report", traced.stdout
+
         # The console: no login on loopback; the event's trace through its search box.
         console_url = url_in(block["console"])
         assert "no login" in block["console"]
-        event_id = json.loads(sent.stdout[sent.stdout.index("{") :])["id"]
         trace = httpx.get(f"{console_url}search", params={"q": event_id}, follow_redirects=True, timeout=10)
         assert trace.status_code == 200, trace.text
         assert event_id in trace.text and "succeeded" in trace.text and "done" in trace.text

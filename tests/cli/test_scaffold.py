@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import shlex
 import subprocess
 import sys
 import sysconfig
@@ -21,6 +22,8 @@ from receiver.model.routes import load_config
 from receiver.testing import task_event
 from tests.support import ROOT, osma_router
 
+pytest_plugins = ["pytester"]
+
 NAME, PACKAGE = "care-kpi", "care_kpi"
 FILES = {
     "pyproject.toml",
@@ -31,8 +34,14 @@ FILES = {
 }
 
 
-def new_plugin(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return osma_router(["new-plugin", *args], {}, tmp_path)
+def new_plugin(tmp_path: Path, *args: str, path: str | None = None) -> subprocess.CompletedProcess[str]:
+    """`osma-router new-plugin ARGS` in `tmp_path`; `path`: the shell's PATH, if not this one."""
+    return osma_router(["new-plugin", *args], {} if path is None else {"PATH": path}, tmp_path)
+
+
+def next_steps(stdout: str) -> list[list[str]]:
+    """The printed next steps, each as the words a shell would run."""
+    return [shlex.split(line) for line in stdout.split("next steps:\n", 1)[1].splitlines()]
 
 
 def load_group(plugin: Path) -> HandlerGroup:
@@ -47,7 +56,7 @@ def load_group(plugin: Path) -> HandlerGroup:
 
 
 def test_new_plugin_writes_the_package_and_prints_the_next_steps(tmp_path):
-    result = new_plugin(tmp_path, NAME)
+    result = new_plugin(tmp_path, NAME, path=f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}")
     assert result.returncode == 0, result.stderr
     plugin = tmp_path / NAME  # --dir defaults to ./NAME
     written = {str(p.relative_to(plugin)) for p in plugin.rglob("*") if p.is_file()}
@@ -73,6 +82,23 @@ def test_new_plugin_writes_the_package_and_prints_the_next_steps(tmp_path):
     config = load_config(plugin / "osma-router.toml", HandlerRegistry([group]))
     (route,) = config.routes
     assert route.handler == "care_kpi.kpi" and route.on == ("task.completed",)
+
+
+def test_the_next_steps_name_this_environments_commands_when_path_lacks_them(tmp_path):
+    """After `make install`, a clone's commands are in .venv/bin and not on PATH: the steps
+    then spell their paths, since a bare `pip` would install the plugin into another Python
+    (and look for osma-router on an index)."""
+    ours = Path(sys.executable).parent
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    without = new_plugin(tmp_path / "a", NAME, path="/usr/bin:/bin")
+    assert without.returncode == 0, without.stderr
+    programs = [words[0] if "=" not in words[0] else words[1] for words in next_steps(without.stdout)]
+    assert programs == [str(ours / "pip"), str(ours / "pytest"), str(ours / "osma-router")]
+    with_ours = new_plugin(tmp_path / "b", NAME, path=f"{ours}:/usr/bin:/bin")
+    assert with_ours.returncode == 0, with_ours.stderr
+    assert [words[0] for words in next_steps(with_ours.stdout)][:2] == ["pip", "pytest"]
+    assert "OSMA_ROUTER_CONFIG=./care-kpi/osma-router.toml osma-router dev" in with_ours.stdout
 
 
 def test_new_plugin_writes_into_an_empty_directory_given_by_dir(tmp_path):
@@ -144,6 +170,38 @@ def test_the_generated_handler_posts_one_measurement_per_completed_task(deliver,
     deliver(event)  # a redelivery: a duplicate, nothing queued
     (report,) = fake_ogsm.indicator_reports(456)
     assert report["at"] == "2024-10-01" and report["current_value"] == 1
+
+
+# The routes file's commented `where` line, put to use: the generated tests still pass,
+# since their event is a task the route's `where` matches.
+REGISTER = """
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+import care_kpi
+
+
+@pytest.fixture
+def osma_router_handlers():
+    return [care_kpi.group]  # instead of installing the package for its entry point
+"""
+
+
+def test_the_generated_tests_pass_with_the_routes_where_line_in_use(pytester: pytest.Pytester):
+    assert new_plugin(pytester.path, NAME).returncode == 0
+    plugin = pytester.path / NAME
+    routes = plugin / "osma-router.toml"
+    text = routes.read_text()
+    assert "\n# where = " in text
+    routes.write_text(text.replace("\n# where = ", "\nwhere = "))
+    (plugin / "conftest.py").write_text(REGISTER)
+    result = pytester.runpytest_subprocess(
+        str(plugin), "-p", "no:cacheprovider", "-o", "addopts=", timeout=600
+    )
+    result.assert_outcomes(passed=2)
 
 
 # From nothing to an installed plugin, as a team does it, in a venv of its own.

@@ -74,8 +74,18 @@ def test_a_failed_job_raises_handler_failed_from_the_handlers_own_exception(deli
     assert failed.error_type == "AttributeError"
     # The cause is the exception the handler raised, with its traceback (not a copy).
     assert isinstance(failed.__cause__, AttributeError)
-    frames = [frame.name for frame in traceback.extract_tb(failed.__cause__.__traceback__)]
-    assert frames[-1] == "wrong_method"
+    frames = traceback.extract_tb(failed.__cause__.__traceback__)
+    assert frames[-1].name == "wrong_method"
+    # It starts at osma-router's job entry point: RQ's worker frames are left out.
+    assert frames[0].name == "run_handler", [frame.filename for frame in frames]
+
+
+@pytest.mark.parametrize("osma_router_routes", [route("kit.flaky") + 'where = { template = "bp" }\n'])
+def test_asking_for_the_job_of_a_route_that_did_not_match_says_so(deliver):
+    delivery = deliver(completed("evt_kit_unmatched"))  # a task without the template
+    assert delivery.json()["jobs"] == 0
+    with pytest.raises(AssertionError, match=r"0 jobs of kit.flaky ran .* no route matched the event"):
+        delivery.job("kit.flaky")
 
 
 @pytest.mark.parametrize("osma_router_routes", [route("kit.wrong_method")])

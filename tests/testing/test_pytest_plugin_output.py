@@ -105,6 +105,7 @@ def test_a_handler_mistake_fails_the_authors_test_and_says_why(run: pytest.RunRe
     # ... with the handler's traceback chained: the line that went wrong is shown.
     assert "The above exception was the direct cause of the following exception" in out
     assert "ctx.ogsm.indicator_report.create(7" in out
+    assert "def perform_job" not in out and "/rq/" not in out  # from our job entry, not RQ's worker
     # The captured log says the same: a worker's log line gives handler, event, attempt and error.
     run.stdout.fnmatch_lines(
         [
