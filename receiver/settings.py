@@ -493,7 +493,10 @@ class Settings:
 
     def require_redis_url(self) -> str:
         if not self.redis_url:
-            raise ConfigError(f"{PREFIX}REDIS_URL is not set (for example redis://127.0.0.1:6379/0)")
+            raise ConfigError(
+                f"{PREFIX}REDIS_URL is not set (for example redis://127.0.0.1:6379/0; "
+                "`osma-router dev` prints the URL of its own Redis, and a `trace` line that sets it)"
+            )
         return self.redis_url
 
     def require_webhook_secrets(self) -> tuple[Secret, ...]:

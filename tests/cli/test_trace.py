@@ -168,3 +168,12 @@ def test_any_dedup_value_parses(value):
     assert mark.duplicates >= 0
     assert DedupMark.parse("1") == DedupMark(None, (), 0)
     assert DedupMark.parse("9" * 40 + ":r1#2") == DedupMark(None, ("r1",), 2)
+
+
+def test_without_a_redis_url_it_says_where_dev_shows_its_own(tmp_path):
+    """A second terminal next to `osma-router dev` has no OSMA_ROUTER_REDIS_URL: the one
+    line says where to find the URL of dev's embedded Redis."""
+    result = osma_router(["trace", "evt_anything"], {}, tmp_path)
+    assert result.returncode == 1
+    (line,) = result.stderr.splitlines()
+    assert "OSMA_ROUTER_REDIS_URL is not set" in line and "`osma-router dev` prints" in line, line
