@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Sequence
+from dataclasses import replace
 from datetime import datetime
 from typing import Any
 
 from ..store.connection import connect
+from ..store.recent import recent_type
 from ..store.trace import EventTrace, load_trace
 from .common import add_command, current_settings, fail
 
@@ -18,6 +20,9 @@ def cmd_trace(args: argparse.Namespace) -> int:
     redis = connect(settings, "command", url=settings.require_redis_url())
     try:
         trace = load_trace(redis, args.event_id, settings)
+        if trace is not None and trace.type is None:
+            # Its jobs are gone (they succeeded): the recent-events index still knows it.
+            trace = replace(trace, type=recent_type(redis, args.event_id))
     finally:
         redis.close()
     if trace is None:

@@ -177,3 +177,15 @@ def test_without_a_redis_url_it_says_where_dev_shows_its_own(tmp_path):
     assert result.returncode == 1
     (line,) = result.stderr.splitlines()
     assert "OSMA_ROUTER_REDIS_URL is not set" in line and "`osma-router dev` prints" in line, line
+
+
+def test_an_event_whose_jobs_all_succeeded_still_shows_its_type(start_receiver, redis_server):
+    # Succeeded jobs leave no record; the recent-events index still knows the type.
+    receiver = start_receiver('[[routes]]\non = "member.*"\nhandler = "sample.record"\n')
+    event = make_event(event_id="evt_trace_done", event_type="member.created")
+    assert receiver.post(event).json()["jobs"] == 1
+    receiver.drain()
+    result = trace("evt_trace_done", redis_server.url, receiver.settings.config_path, "--json")
+    document = json.loads(result.stdout)
+    assert [job["state"] for job in document["jobs"]] == ["succeeded"]
+    assert document["type"] == "member.created"
