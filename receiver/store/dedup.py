@@ -48,8 +48,10 @@ from .recent import RECENT_MAX, recent_member
 # A new event is added to the recent-events index (the console's list), trimmed to its
 # cap by rank once per call.
 # A captured delivery is added to the capture stream whether new or duplicate (field
-# dup = 0 or 1); the stream is trimmed by age and count once per call, with the last
-# capture's limits.
+# dup = 0 or 1; duplicates in a stream of their own); the streams are trimmed by age and
+# count once per call, with the last capture's limits: first deliveries to the max count,
+# duplicates to what room they leave, so a flood of duplicates never evicts a first
+# delivery and both together stay within the max count.
 ADMIT_SCRIPT = """
 local ttl = ARGV[1]
 local now = ARGV[2]
@@ -116,11 +118,15 @@ if recent_added then
   redis.call('ZREMRANGEBYRANK', KEYS[2], 0, -(RECENT_MAX + 1))
 end
 if trim then  -- once per call: under load one call carries many deliveries
+  local first, duplicates = trim[5][1], trim[5][2]
   for _, key in ipairs(trim[5]) do
     redis.call('XTRIM', key, 'MINID', trim[2])
-    redis.call('XTRIM', key, 'MAXLEN', trim[3])
     redis.call('PEXPIRE', key, trim[4])
   end
+  redis.call('XTRIM', first, 'MAXLEN', trim[3])
+  -- Duplicates keep only the room first deliveries leave: together at most the max count.
+  local room = tonumber(trim[3]) - redis.call('XLEN', first)
+  redis.call('XTRIM', duplicates, 'MAXLEN', room > 0 and room or 0)
 end
 return results
 """.replace("RECENT_MAX", str(RECENT_MAX))

@@ -119,7 +119,7 @@ def test_retention_keeps_at_most_max_count(start_receiver, redis, redis_server, 
 
 def test_a_flood_of_duplicates_never_evicts_real_captures(start_receiver, redis, redis_server, tmp_path):
     receiver = capturing(start_receiver, OSMA_ROUTER_CAPTURE_MAX_COUNT="3")
-    real = [make_event(event_id=f"evt_real_{n}") for n in range(3)]
+    real = [make_event(event_id=f"evt_real_{n}") for n in range(2)]
     for body in real:
         assert receiver.post(body).status_code == 202
     for _ in range(20):  # a replayed flood: every one a duplicate
@@ -129,7 +129,7 @@ def test_a_flood_of_duplicates_never_evicts_real_captures(start_receiver, redis,
     lines = read_lines(out)
     assert [line["body"].encode() for line in lines if not line.get("duplicate")] == real
     duplicates = [line for line in lines if line.get("duplicate")]
-    assert len(duplicates) == 3  # kept too, by their own bound (the same count)
+    assert len(duplicates) == 1  # the room the first deliveries leave: at most 3 in all
     assert all(line["body"].encode() == real[1] for line in duplicates)
     times = [line["received_at"] for line in lines]
     assert times == sorted(times)  # one file, in the order the deliveries came in
@@ -271,3 +271,16 @@ def test_capture_status_counts(start_receiver, redis, redis_server):
     result = osma_router(["capture", "status"], env_for(redis_server.url))
     assert result.returncode == 0, result.stderr
     assert "kept deliveries: 1" in result.stdout
+
+
+def test_first_deliveries_and_duplicates_together_stay_within_the_max_count(start_receiver, redis):
+    receiver = capturing(start_receiver, OSMA_ROUTER_CAPTURE_MAX_COUNT="3")
+    first = make_event(event_id="evt_cap_0")
+    receiver.post(first)
+    for _ in range(5):
+        receiver.post(first)
+    assert (redis.xlen(CAPTURE_KEY), redis.xlen(CAPTURE_DUPLICATES_KEY)) == (1, 2)
+    for n in range(1, 4):
+        receiver.post(make_event(event_id=f"evt_cap_{n}"))
+    # First deliveries take the whole count back from the duplicates, never the reverse.
+    assert (redis.xlen(CAPTURE_KEY), redis.xlen(CAPTURE_DUPLICATES_KEY)) == (3, 0)
