@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import socket
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -45,6 +46,18 @@ def current_settings() -> Settings:
     """This process's settings, read from the environment (and `.env`) once, on first use:
     commands that need none (`sign`, `keygen`) never fail on an unrelated bad setting."""
     return Settings.from_env()
+
+
+def ensure_port_free(host: str, port: int) -> None:
+    """A port another process listens on is one line and exit 1 here, not uvicorn's log
+    lines and exit 3 once everything else has started."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            raise ConfigError(f"--host {host} --port {port}: cannot listen there ({exc.strerror})") from None
 
 
 def read_input(name: str) -> bytes:

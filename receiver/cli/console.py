@@ -10,13 +10,14 @@ import uvicorn
 
 from ..console.app import check_console_host, console_from_settings
 from ..logs import configure_logging
-from .common import add_command, current_settings
+from .common import add_command, current_settings, ensure_port_free
 
 
 def cmd_console(args: argparse.Namespace) -> int:
     settings = current_settings()
     configure_logging(settings.log_format, settings.log_level)
     check_console_host(args.host, settings)
+    ensure_port_free(args.host, args.port)
     app = console_from_settings(settings)  # a bad routes file is one line here, not a traceback later
     # uvicorn stops on SIGTERM, then raises the signal again: end with exit 0 instead.
     signal.signal(signal.SIGTERM, _exit_cleanly)

@@ -19,7 +19,7 @@ from ..web.metrics import multiprocess_directory
 from ..web.state import build_state
 from ..worker.execution import WorkerRuntime
 from ..worker.runner import run_worker
-from .common import add_command, configured_queues, current_settings
+from .common import add_command, configured_queues, current_settings, ensure_port_free
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -37,6 +37,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         _check_tls_pair(args.tls_cert, args.tls_key)
     if args.workers < 1:
         raise ConfigError(f"--workers must be at least 1, got {args.workers}")
+    ensure_port_free(args.host, args.port)
     del state
 
     # uvicorn stops gracefully on SIGTERM, then raises the signal again for the default
