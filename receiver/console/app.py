@@ -14,13 +14,14 @@ from starlette.staticfiles import StaticFiles
 from ..exceptions import ConfigError
 from ..keys import CONSOLE_LOGOUT_PREFIX
 from ..logs import configure_logging
+from ..model.hosts import is_loopback
 from ..model.plugins import HandlerRegistry
 from ..model.routes import Config, load_config
 from ..settings import Settings
 from ..store.connection import connect
 from . import captures, events, failed, overview
 from .auth import COOKIE, SESSION_SECONDS, Sessions
-from .pages import Console, PageRequest, is_loopback, local_path, page, render, set_session_cookie
+from .pages import Console, PageRequest, local_path, page, render, set_session_cookie
 
 log = logging.getLogger("osma_router.console")
 

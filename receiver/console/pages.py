@@ -10,7 +10,6 @@ page runs. A Redis that does not answer is a 503 page, not a traceback.
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -25,6 +24,7 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 
 from ..keys import CONSOLE_LOGOUT_PREFIX
+from ..model.hosts import is_loopback
 from ..model.routes import Config
 from ..settings import Settings
 from ..store.connection import UNAVAILABLE
@@ -96,17 +96,6 @@ SECURITY_HEADERS = {
     "referrer-policy": "same-origin",
     "cache-control": "no-store",
 }
-
-
-def is_loopback(host: str) -> bool:
-    """Whether `host` (a name or an address, IPv6 with or without brackets) is this machine's
-    loopback: nothing else can reach a server listening there."""
-    if host.lower() == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
 
 
 def local_path(target: str, default: str) -> str:

@@ -4,7 +4,6 @@ OGSM (receiver/dev/fakes.py), in one process tree."""
 
 from __future__ import annotations
 
-import ipaddress
 import os
 import shlex
 import shutil
@@ -18,6 +17,7 @@ from contextlib import ExitStack
 from pathlib import Path
 
 from ..exceptions import ConfigError
+from ..model.hosts import is_loopback
 from ..model.plugins import HandlerRegistry
 from ..model.routes import Config, load_config
 from ..settings import PREFIX, Settings
@@ -116,16 +116,6 @@ def run_dev(
             time.sleep(0.2)
         print("\nstopping…", flush=True)
     return 0
-
-
-def is_loopback(host: str) -> bool:
-    """Whether `host` is a loopback address (or `localhost`): nothing else can reach it."""
-    if host.lower() == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
 
 
 def typed_command(name: str) -> str:
