@@ -284,13 +284,6 @@ def _entry_point_names(name: str, value: str) -> tuple[str, ...]:
     return names
 
 
-def _capture_needs_a_key(values: Mapping[str, Any]) -> None:
-    if values["capture"] and not values["encryption_keys"]:
-        raise ConfigError(
-            f"{PREFIX}CAPTURE is on but {PREFIX}ENCRYPTION_KEYS is not set: captured deliveries "
-            "are kept encrypted, give at least one Fernet key"
-        )
-
 def _redis_budget(name: str, value: str) -> str:
     """Bytes (`536870912`) or a share of Redis's `maxmemory` (`50%`), kept as written."""
     text = value.replace(" ", "")
@@ -313,6 +306,13 @@ def _budget_shown(budget: str) -> str:
         return f"{budget} of Redis maxmemory (none while maxmemory is 0)"
     return f"{budget} bytes"
 
+
+def _capture_needs_a_key(values: Mapping[str, Any]) -> None:
+    if values["capture"] and not values["encryption_keys"]:
+        raise ConfigError(
+            f"{PREFIX}CAPTURE is on but {PREFIX}ENCRYPTION_KEYS is not set: captured deliveries "
+            "are kept encrypted, give at least one Fernet key"
+        )
 
 
 # --- how check-config shows a value -----------------------------------------------------------------
@@ -381,6 +381,8 @@ _TABLE: tuple[_Row, ...] = (
          check=_dedup_covers_the_replay_window),
     _Row("MAX_BODY_BYTES", "max_body_bytes", _integer(minimum=1), _MIB, "{}"),
     _Row("OSMOS_MAX_BODY_BYTES", "osmos_max_body_bytes", _integer(minimum=1), 256 * _MIB, "{}"),
+    # The Redis memory Osmos batches may fill up to (docs/osmos.md, "Redis memory budget").
+    _Row("OSMOS_REDIS_BUDGET", "osmos_redis_budget", _redis_budget, "50%", _budget_shown),
     _Row("OSMA_API_KEY", "osma_api_key", _secret, None, _or("-")),
     _Row("OSMA_BASE_URL", "osma_base_url", _base_url, "https://api.osma.com", "{}"),
     _Row("OSMA_API_VERSION", "osma_api_version", _api_version, DEFAULT_OSMA_API_VERSION, "{}"),
@@ -388,8 +390,6 @@ _TABLE: tuple[_Row, ...] = (
     _Row("MODE", "mode", _mode, None, None, check=_mode_agrees_with_the_key),
     _Row("HEARTBEAT_TTL", "heartbeat_ttl", _integer(minimum=3), 30, "{} s"),
     # Seconds a lock outlives its last renewal, and the bound within which an upstream is
-    # The Redis memory Osmos batches may fill up to (docs/osmos.md, "Redis memory budget").
-    _Row("OSMOS_REDIS_BUDGET", "osmos_redis_budget", _redis_budget, "50%", _budget_shown),
     # assumed to finish a request (docs/contract.md): keep 60 for Osma and OGSM; tests lower it.
     _Row("LOCK_TTL", "lock_ttl", _integer(minimum=1), 60, "{} s"),
     _Row("OGSM_BASE_URL", "ogsm_base_url", _ogsm_base_url, None, _or("-")),
@@ -437,6 +437,7 @@ class Settings:
     dedup_ttl: float = _DEFAULT["dedup_ttl"]
     max_body_bytes: int = _DEFAULT["max_body_bytes"]
     osmos_max_body_bytes: int = _DEFAULT["osmos_max_body_bytes"]
+    osmos_redis_budget: str = _DEFAULT["osmos_redis_budget"]
     queue_name: str = _DEFAULT["queue_name"]
     osma_api_key: Secret | None = _DEFAULT["osma_api_key"]
     osma_base_url: str = _DEFAULT["osma_base_url"]
@@ -450,7 +451,6 @@ class Settings:
     ogsm_action_body: str = _DEFAULT["ogsm_action_body"]
     config_path: Path | None = _DEFAULT["config_path"]
     capture: bool = _DEFAULT["capture"]
-    osmos_redis_budget: str = _DEFAULT["osmos_redis_budget"]
     capture_max_age: float = _DEFAULT["capture_max_age"]
     capture_max_count: int = _DEFAULT["capture_max_count"]
     encryption_keys: tuple[Secret, ...] = _DEFAULT["encryption_keys"]
