@@ -92,7 +92,7 @@ def test_a_completed_task_posts_its_kpi_and_trace_shows_the_job_and_effect(
     assert traced.returncode == 0, traced.stderr
     document = json.loads(traced.stdout)
     assert document["times_received"] == 1
-    assert document["type"] is None  # only a job's record says it, and a finished job keeps none
+    assert document["type"] == "task.completed"  # from the recent-events index: the job is gone
     (job,) = document["jobs"]
     assert job["handler"] == "ogsm.indicator_report" and job["state"] == "succeeded"
     (effect,) = document["effects"]
