@@ -5,6 +5,7 @@ anywhere up its tree, even one whose level drops the line."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Iterator
 
@@ -36,7 +37,12 @@ def test_uvicorn_builds_no_access_line_per_answer(logging_restored: None, log_fo
     config = uvicorn.Config(app, access_log=False, log_config=None)
     config.load()
     configure_logging(log_format, "debug")
-    protocol = HttpToolsProtocol(config=config, server_state=ServerState(), app_state={})
+    # A loop of its own: an earlier test may have closed the main thread's.
+    loop = asyncio.new_event_loop()
+    try:
+        protocol = HttpToolsProtocol(config=config, server_state=ServerState(), app_state={}, _loop=loop)
+    finally:
+        loop.close()
     assert protocol.access_log is False
 
 
