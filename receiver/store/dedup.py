@@ -137,7 +137,7 @@ class AdmitOutcome(Enum):
     DUPLICATE = "duplicate"
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)  # not frozen, like JobWrite: one is made per delivery
 class Admission:
     """One event to store: its dedup identity and the jobs to queue with it."""
 
