@@ -81,6 +81,7 @@ class JobBuilder:
         self._template_index: dict[str, int] = {}
         # Per route key: its spec as JSON (serialised once), queue and template number.
         self._constant: dict[str, tuple[orjson.Fragment, str, int]] = {}
+        self._second: tuple[int, str] = (-1, "")  # see _isoformat
         for route in routes:
             self._template_index[route.key] = len(self.templates)
             self.templates.append(route_template(route, self.queue_of(route)))
@@ -89,6 +90,21 @@ class JobBuilder:
 
     def queue_of(self, route: Route) -> str:
         return route.queue or self.default_queue
+
+    def _isoformat(self, moment: datetime) -> str:
+        """`moment.astimezone(UTC).isoformat()`, which formats every field through printf
+        on each call; for a UTC time the part up to the second is formatted once a second."""
+        if moment.tzinfo is not UTC:
+            return moment.astimezone(UTC).isoformat()
+        second = int(moment.timestamp())
+        if second <= 0:  # up to 1970-01-01T00:00:01 int() rounds towards zero, not down
+            return moment.isoformat()
+        cached, head = self._second
+        if second != cached:
+            head = moment.replace(microsecond=0).isoformat().removesuffix("+00:00")
+            self._second = (second, head)
+        micro = moment.microsecond
+        return f"{head}.{micro:06d}+00:00" if micro else f"{head}+00:00"
 
     def build(
         self,
@@ -115,7 +131,7 @@ class JobBuilder:
             payload_field, payload = "sealed", self.sealer.seal(body)
         else:
             payload_field, payload = "body", body.decode("utf-8")
-        received = received_at.astimezone(UTC).isoformat()
+        received = self._isoformat(received_at)
         head = job_id_head(source, event_id)
         writes = []
         for route in routes:

@@ -9,7 +9,7 @@ from typing import Any
 import orjson
 import pytest
 from cryptography.fernet import Fernet
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 
 from receiver.crypto import Sealer
@@ -97,3 +97,21 @@ def test_sealed_and_replayed_jobs_carry_the_same_spec(kind: str) -> None:
         extra = {"body": body.decode(), "clock": "received_at"}
     expected = expected_specs("osma", "evt_1", "task.completed", received_at, **extra)
     assert [job.data for job in jobs] == [as_job_data(spec) for spec in expected]
+
+
+@given(
+    base=st.datetimes(
+        min_value=datetime(1969, 12, 31, 23, 59, 57),
+        max_value=datetime(2200, 1, 1),
+        timezones=st.sampled_from([UTC, timezone(timedelta(hours=-5)), timezone(timedelta(0))]),
+    ),
+    steps=st.lists(st.integers(0, 3_000_000), min_size=1, max_size=8),
+)
+@example(base=datetime(1969, 12, 31, 23, 59, 59, 500000, tzinfo=UTC), steps=[0, 1_000_000])
+def test_received_at_is_written_as_isoformat_writes_it(base: datetime, steps: list[int]) -> None:
+    # One builder for times a few seconds apart: the part to the second is kept between calls.
+    builder = JobBuilder(CONFIG.routes[:1], "osma-router", None)
+    for step in steps:
+        moment = base + timedelta(microseconds=step)
+        [job] = builder.build("osma", "evt_1", "task.completed", b"{}", moment, CONFIG.routes[:1])
+        assert orjson.loads(job.data)[2][0]["received_at"] == moment.astimezone(UTC).isoformat()
