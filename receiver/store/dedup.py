@@ -7,6 +7,10 @@ deterministic job ids), never marked without its jobs.
 
 Deliveries that arrive while a call is in flight wait for the next call and share it
 (group commit): one round trip for many requests under load, no added latency when idle.
+One call at a time: Redis runs scripts one after another anyway, so more calls in flight
+only split the same deliveries into smaller calls, each paying the client's fixed cost
+(measured pinned: 20 deliveries a call at 64 connections with four in flight, 30 with one,
+and about 10 % less CPU per delivery).
 """
 
 from __future__ import annotations
@@ -252,7 +256,7 @@ class EventStore:
         dedup_ttl: float,
         *,
         max_batch: int = 256,
-        concurrency: int = 4,
+        concurrency: int = 1,
     ) -> None:
         self.redis = redis
         self.templates = templates
