@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import subprocess
 import threading
 import time
 from datetime import UTC, datetime
@@ -20,7 +19,7 @@ from redis import Redis
 
 from receiver.crypto import Sealer
 from receiver.settings import Secret
-from receiver.store.server import RedisServer, free_port
+from receiver.store.server import RedisServer
 from tests.osmos_support import (
     batch_leftovers,
     job_spec,
@@ -30,7 +29,8 @@ from tests.osmos_support import (
     queued_jobs,
     queued_records,
 )
-from tests.support import OSMA_ROUTER, env_for, handled, osma_router, subprocess_env
+from tests.support import env_for, handled, osma_router
+from tests.web.osmos_server import start_osmos_server
 
 TOKEN = "osmos-test-token-1234"
 CONNECTORS = """
@@ -543,25 +543,8 @@ def test_250000_records_through_a_real_server_in_bounded_time_and_memory(
     tmp_path, redis, redis_server, write_routes
 ):
     routes = write_routes('[[routes]]\non = "osmos.crm.record"\nhandler = "noop"\n' + CONNECTORS)
-    port = free_port()
-    server = subprocess.Popen(
-        [*OSMA_ROUTER, "serve", "--port", str(port)],
-        cwd=tmp_path,
-        env=subprocess_env(env_for(redis_server.url, routes, CRM_OSMOS_TOKEN=TOKEN)),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
-    url = f"http://127.0.0.1:{port}/ingest/osmos/crm"
+    server, url = start_osmos_server(tmp_path, redis_server.url, routes, TOKEN, timeout=30)
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                if httpx.post(url, content=b"[]", headers=HEADERS, timeout=2).status_code == 202:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert time.monotonic() < deadline and server.poll() is None, "serve did not come up"
-            time.sleep(0.1)
         records = [
             {
                 "customer_id": f"cus_{i:09d}",

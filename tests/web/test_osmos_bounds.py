@@ -4,16 +4,13 @@ objects parsing it whole would make (docs/contract.md, "Osmos ingest")."""
 
 from __future__ import annotations
 
-import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 
-from receiver.store.server import free_port
-from tests.support import OSMA_ROUTER, env_for, subprocess_env
+from tests.web.osmos_server import start_osmos_server
 
 TOKEN = "osmos-bounds-token-1234"
 HEADERS = {"authorization": TOKEN, "content-type": "application/json"}
@@ -43,25 +40,8 @@ def memory_mb(pid: int) -> dict[str, float]:
 def served(tmp_path: Path, redis, redis_server, write_routes) -> Iterator[tuple[str, int]]:
     """`osma-router serve` on a free port: its Osmos URL and its pid."""
     routes = write_routes(ROUTES)
-    port = free_port()
-    server = subprocess.Popen(
-        [*OSMA_ROUTER, "serve", "--port", str(port)],
-        cwd=tmp_path,
-        env=subprocess_env(env_for(redis_server.url, routes, CRM_OSMOS_TOKEN=TOKEN)),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    url = f"http://127.0.0.1:{port}/ingest/osmos/crm"
+    server, url = start_osmos_server(tmp_path, redis_server.url, routes, TOKEN)
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if httpx.post(url, content=b"[]", headers=HEADERS, timeout=2).status_code == 202:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert time.monotonic() < deadline and server.poll() is None, "serve did not come up"
-            time.sleep(0.1)
         yield url, server.pid
     finally:
         server.terminate()
