@@ -193,16 +193,16 @@ def _event_of_job(console: Console, job_id: str) -> str | None:
         pass
     for route in console.config.routes:
         head, found, _tail = job_id.partition(f"_{route.key}")
-        source, _, part = head.partition("_")
-        if not found or not part:
-            continue
-        if part.startswith("e-"):
-            return part[2:]
-        # A hashed id ("h-..."): compare with the recent events' ids.
-        for event in read_recent(console.redis, limit=TRACE_LIMIT):
-            if event_job_part(event.event_id) == part:
-                return event.event_id
-    return None
+        _source, _, part = head.partition("_")
+        if found and part:
+            break
+    else:
+        return None
+    if part.startswith("e-"):
+        return part[2:]
+    # A hashed id ("h-..."): compare with the recent events' ids, read once.
+    recent = read_recent(console.redis, limit=TRACE_LIMIT)
+    return next((e.event_id for e in recent if event_job_part(e.event_id) == part), None)
 
 
 def retry_confirm(page: PageRequest, console: Console) -> Response:
