@@ -12,6 +12,9 @@ Each role has one timeout policy, written once below:
 | `command` | sync | none | default | CLI commands (`failed`, `capture`, `rekey`, `replay`, ...) |
 | `status` | sync | 10 s / 5 s | default | `status` scans for a few seconds at most |
 | `probe` | sync | 3 s / 3 s | default | `healthcheck --worker`: a container probe has its own deadline |
+
+The receiver's admit call keeps one connection of the `receiver` client for itself and
+sends on it directly (held_script.py); it keeps the same timeouts and its one retry.
 """
 
 from __future__ import annotations
