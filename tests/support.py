@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -128,3 +129,9 @@ class Receiver:
 def handled(redis: Redis) -> list[str]:
     """What the sample plugin's handlers recorded, in order."""
     return [item.decode() for item in redis.lrange("test:handled", 0, -1)]
+
+
+def kill_this_process(job: Any, connection: Any, result: Any) -> None:
+    """An RQ success callback (`success_callback_name` in a job hash): the worker dies by
+    SIGKILL after the job's function returned, before RQ records the job as finished."""
+    os.kill(os.getpid(), signal.SIGKILL)

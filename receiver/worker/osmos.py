@@ -13,7 +13,10 @@ to that job.
 The chunk job notes how far it got in its meta about once a second, so a chunk whose
 worker died or was stopped resumes there (records since the last note run again: at least
 once, and their effects once, through the ledger). When the chunk job ends, it lets go of
-the chunk blob; the last of the chunk's jobs removes it. A chunk job that fails as a whole
+the chunk blob; the last of the chunk's jobs removes it. It notes that it ran through before
+it lets go, so a run that died after letting go, before RQ recorded the job as done, is
+not taken for a chunk whose records went missing when RQ runs it again: that run only lets
+go again. A chunk job that fails as a whole
 (its blob unreadable, its handler unknown) goes to the failed registry like any job and
 keeps its blob as long as RQ keeps the job, for `failed retry`.
 """
@@ -48,6 +51,7 @@ log = logging.getLogger("osma_router.worker")
 
 PROGRESS_EVERY = 1.0  # seconds between two notes of how far a chunk job got
 KEEP_AFTER_FAILURE = FAILURE_TTL + 24 * 3600  # a failed chunk job's blob outlives the job a little
+RAN_THROUGH = "ran_through"  # job meta: every record was run; set before the chunk is let go of
 
 
 def execute_chunk(spec: Mapping[str, Any], runtime: WorkerRuntime | None = None) -> None:
@@ -55,14 +59,24 @@ def execute_chunk(spec: Mapping[str, Any], runtime: WorkerRuntime | None = None)
     runtime = runtime or WorkerRuntime.current()
     job = get_current_job()
     chunks = Chunks(runtime.redis)
+    key, route = str(spec["chunk"]), str(spec["route"]["key"])
+    if job is not None and job.meta.get(RAN_THROUGH):
+        # An earlier run did every record, then its worker died before RQ recorded the job
+        # as done, perhaps after letting go of the chunk (whose blob may be gone): there is
+        # nothing to run again, only the letting go to make sure of.
+        chunks.release(key, route)
+        return
     try:
         with job_context(spec, runtime):
             ChunkRun(runtime, spec, job, chunks).run()
     except BaseException:
         if job is not None and not job.should_retry:
-            chunks.keep_for(str(spec["chunk"]), KEEP_AFTER_FAILURE)
+            chunks.keep_for(key, KEEP_AFTER_FAILURE)
         raise
-    chunks.release(str(spec["chunk"]), str(spec["route"]["key"]))
+    if job is not None:
+        job.meta[RAN_THROUGH] = True
+        job.save_meta()  # type: ignore[no-untyped-call]
+    chunks.release(key, route)
 
 
 @dataclass(frozen=True)

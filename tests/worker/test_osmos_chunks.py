@@ -5,6 +5,8 @@ records for `failed retry`."""
 
 from __future__ import annotations
 
+import signal
+import time
 from typing import Any
 
 import orjson
@@ -22,7 +24,7 @@ from receiver.worker.execution import WorkerRuntime
 from receiver.worker.osmos import execute_chunk
 from receiver.worker.runner import run_worker
 from tests.osmos_support import job_spec, queued_jobs, queued_records
-from tests.support import env_for, handled
+from tests.support import env_for, handled, osma_router
 
 TOKEN = "osmos-worker-token-1234"
 ROUTES = """
@@ -132,3 +134,39 @@ def test_a_record_whose_job_was_only_half_written_still_leaves_its_chunk(
 
     [failed] = list(FailedJobs(redis, ["osma-router"]))
     assert failed.event_id == record.event_id and failed.handler == "sample.leaky"
+
+
+def test_a_chunk_job_run_again_after_it_let_go_of_its_chunk_ends_as_done(
+    start_receiver, monkeypatch, redis, redis_server
+):
+    """The worker dies after the chunk's last job let go of it (the blob is gone) and before
+    RQ recorded the job as finished. Once its heartbeat is stale the job runs again: it must
+    end as done, not fail because its records are no longer in Redis, and run none of them
+    again."""
+    monkeypatch.setenv("CRM_OSMOS_TOKEN", TOKEN)
+    one_route = ROUTES.split("[[routes]]")[1].replace('label = "a"\n', "")
+    live = start_receiver("[[routes]]" + one_route + ROUTES[ROUTES.index("[connectors.crm]") :])
+    post(live, 3)
+    [job_id] = queued_jobs(redis)
+    chunk = job_spec(redis, job_id)["chunk"]
+    job_key = f"rq:job:{job_id}"
+    redis.hset(job_key, "success_callback_name", "tests.support.kill_this_process")
+    env = env_for(redis_server.url, live.settings.config_path, CRM_OSMOS_TOKEN=TOKEN)
+
+    killed = osma_router(["worker", "--burst"], env)
+
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    assert not redis.exists(chunk) and len(handled(redis)) == 3
+    redis.hdel(job_key, "success_callback_name")
+    # As if the minute RQ gives a returned job to finish had passed: its execution is stale.
+    for registry in ("rq:wip:osma-router", f"rq:executions:{job_id}"):
+        redis.zadd(registry, dict.fromkeys(redis.zrange(registry, 0, -1), 0), xx=True)
+    deadline = time.monotonic() + 30
+    while redis.exists(job_key) and redis.hget(job_key, "status") != b"failed":
+        assert time.monotonic() < deadline, f"the job did not end: {redis.hget(job_key, 'status')!r}"
+        redis.zadd("rq:scheduled:osma-router", {job_id: 0}, xx=True)  # its retry's backoff: over
+        run_worker(runtime(live, redis_server), ["osma-router"], burst=True)
+    failed = list(FailedJobs(redis, ["osma-router"]))
+    assert failed == [], [row.last_error for row in failed]
+    assert not redis.exists(job_key)  # done (RQ keeps no results)
+    assert len(handled(redis)) == 3
