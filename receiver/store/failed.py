@@ -22,7 +22,6 @@ from typing import Any
 
 import orjson
 from redis import Redis
-from rq.exceptions import NoSuchJobError
 from rq.job import Job
 from rq.registry import FailedJobRegistry
 from rq.serializers import JSONSerializer
@@ -161,6 +160,9 @@ def _last_line(text: str | None) -> str:
     return lines[-1].strip() if lines else ""
 
 
+PAGE = 500  # failed jobs read in one round trip
+
+
 class FailedJobs:
     """The failed jobs of `queues`; `sealer` opens sealed errors (see the module docstring).
     `mask`: each last error with the values of its event masked, and no traceback (the
@@ -177,13 +179,20 @@ class FailedJobs:
         }
 
     def __iter__(self) -> Iterator[FailedJob]:
+        """Oldest first, queue by queue. The ids are read at once (small); the jobs a page
+        at a time, each page in one round trip, so a long list starts at once and is never
+        held whole."""
         for queue, registry in self.registries.items():
-            for job_id in registry.get_job_ids():
-                try:
-                    job = Job.fetch(job_id, connection=self.redis, serializer=JSONSerializer)
-                except NoSuchJobError:
-                    continue
-                yield _describe(job, queue, self.sealer, self.mask)
+            job_ids = registry.get_job_ids()
+            for start in range(0, len(job_ids), PAGE):
+                page = Job.fetch_many(job_ids[start : start + PAGE], self.redis, JSONSerializer)
+                for job in page:
+                    if job is not None:  # gone meanwhile (retried and done, or expired)
+                        yield _describe(job, queue, self.sealer, self.mask)
+
+    def count(self) -> int:
+        """How many failed jobs the registries hold."""
+        return sum(registry.count for registry in self.registries.values())
 
     def get(self, job_id: str) -> FailedJob:
         for queue, registry in self.registries.items():
