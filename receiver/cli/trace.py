@@ -9,6 +9,7 @@ from dataclasses import replace
 from datetime import datetime
 from typing import Any
 
+from ..model.connectors import SOURCE as OSMOS
 from ..store.connection import connect
 from ..store.recent import recent_type
 from ..store.trace import EventTrace, load_trace
@@ -31,9 +32,18 @@ def cmd_trace(args: argparse.Namespace) -> int:
     return 0
 
 
+# An Osmos record runs inside its batch's chunk jobs, which hold ~1,000 records each.
+OSMOS_JOBS = (
+    "(an Osmos record runs inside its batch's chunk jobs; it has a job of its own, listed "
+    "here, only once its handler raised)"
+)
+
+
 def render(trace: EventTrace) -> str:
     """The trace as a person reads it: the event, then a table of jobs and of effects."""
-    if trace.times_received is None:
+    if trace.source == OSMOS:
+        times = "- (an Osmos record's repeats are dropped, not counted)"
+    elif trace.times_received is None:
         times = "unknown (its dedup mark has expired)"
     else:
         times = f"{trace.times_received} ({_plural(trace.duplicates or 0, 'duplicate')})"
@@ -57,6 +67,8 @@ def render(trace: EventTrace) -> str:
         for job in trace.jobs
     ]
     lines += _table("jobs", ("JOB ID", "ROUTE", "HANDLER", "STATE", "ATTEMPTS", "LAST ERROR"), jobs)
+    if trace.source == OSMOS:
+        lines.append(OSMOS_JOBS)
     effects = [
         (
             effect.key,

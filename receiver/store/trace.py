@@ -24,6 +24,7 @@ in clear (with encryption keys, a stored error is its type alone).
 from __future__ import annotations
 
 import re
+import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
@@ -35,13 +36,14 @@ from rq.job import Job
 from rq.registry import ScheduledJobRegistry
 from rq.serializers import JSONSerializer
 
-from ..keys import RQ_JOB_PREFIX, dedup_key, effect_key, effects_of_key
+from ..keys import RQ_JOB_PREFIX, dedup_key, effect_key, effects_of_key, osmos_seen_prefix
 from ..logs import masked
 from ..model.connectors import SOURCE as OSMOS
-from ..model.connectors import Connector
+from ..model.connectors import Connector, record_ids
 from ..model.plugins import HandlerRegistry
 from ..model.routes import Config, Route, job_id_head, load_config
 from ..settings import Settings
+from .batches import part_of
 from .dedup import DedupMark
 from .failed import event_values
 from .ledger import job_effect_key
@@ -178,6 +180,7 @@ def load_trace(
         received_at, duplicates, listed = mark.received_at, mark.duplicates, mark.job_tails
     elif connector is not None:
         source = OSMOS
+        received_at = osmos_received_at(redis, connector, event_id, settings.dedup_ttl)
 
     head = job_id_head(source, event_id)
     tails = list(dict.fromkeys([*listed, *routes]))
@@ -199,9 +202,32 @@ def load_trace(
     jobs = _with_retry_times(redis, [_with_error_masked(redis, job) for job in jobs], found)
 
     effects = _read_effects(redis, event_id, indexed, jobs)
-    if mark is None and not jobs and not effects:
+    if mark is None and received_at is None and not jobs and not effects:
         return None
     return EventTrace(event_id, source, event_type, received_at, duplicates, tuple(jobs), tuple(effects))
+
+
+def osmos_received_at(redis: Redis, connector: Connector, event_id: str, dedup_ttl: float) -> datetime | None:
+    """When an Osmos record was accepted, from its live dedup mark: the mark's value is when
+    it expires, one dedup window after it was written (store/batch_scripts.py). None when
+    the id is not one of the connector's or its mark has expired."""
+    ids = record_ids(connector)
+    try:
+        digest = bytes.fromhex(event_id.removeprefix(ids.prefix).replace("_", ""))
+    except ValueError:
+        return None
+    if not event_id.startswith(ids.prefix) or len(digest) != ids.digest_size:
+        return None
+    window = max(1, round(dedup_ttl * 1000))
+    now_ms = int(time.time() * 1000)
+    bucket, part = now_ms // window, part_of(digest)
+    prefix = osmos_seen_prefix(connector.name)
+    with redis.pipeline(transaction=False) as pipe:
+        for number in (bucket, bucket - 1):  # a mark lives one window: older buckets hold none
+            pipe.hget(f"{prefix}{number}:{part}", digest)
+        expiries = [int(value) for value in pipe.execute() if value is not None]
+    live = [expires for expires in expiries if expires > now_ms]
+    return datetime.fromtimestamp((max(live) - window) / 1000, UTC) if live else None
 
 
 def _connector_of(event_id: str, config: Config) -> Connector | None:

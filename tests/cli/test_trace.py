@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 
 from receiver.store.dedup import DedupMark
 from receiver.store.trace import load_trace
+from tests.osmos_support import queued_records
 from tests.support import env_for, make_event, osma_router
 
 ROUTES = """
@@ -189,3 +190,48 @@ def test_an_event_whose_jobs_all_succeeded_still_shows_its_type(start_receiver, 
     document = json.loads(result.stdout)
     assert [job["state"] for job in document["jobs"]] == ["succeeded"]
     assert document["type"] == "member.created"
+
+
+OSMOS_ROUTES = """
+[[routes]]
+on = "osmos.crm.record"
+handler = "sample.record"
+
+[connectors.crm]
+header = "Authorization"
+token = "env:CRM_OSMOS_TOKEN"
+event_type = "osmos.crm.record"
+fields = [{ name = "customer_id", type = "string" }]
+"""
+
+
+def test_an_osmos_record_is_traced_from_its_dedup_mark_before_and_after_its_chunk_ran(
+    start_receiver, redis, redis_server, monkeypatch
+):
+    """An Osmos record has no dedup key of its own and usually no job of its own: its mark
+    lives in the connector's mark hashes, and it runs inside a chunk job."""
+    monkeypatch.setenv("CRM_OSMOS_TOKEN", "osmos-trace-token-1234")
+    receiver = start_receiver(OSMOS_ROUTES)
+    before = datetime.now(UTC)
+    answer = receiver.http.post(
+        "/ingest/osmos/crm",
+        content=orjson.dumps([{"customer_id": "cus_1"}, {"customer_id": "cus_2"}]),
+        headers={"authorization": "osmos-trace-token-1234", "content-type": "application/json"},
+    )
+    assert answer.status_code == 202
+    [record, _] = queued_records(redis)
+    routes = receiver.settings.config_path
+
+    queued = trace(record.event_id, redis_server.url, routes)
+    receiver.drain()
+    done = trace(record.event_id, redis_server.url, routes, "--json")
+    unknown = trace(record.event_id[:-4] + "0000", redis_server.url, routes)
+
+    assert queued.returncode == 0, queued.stderr
+    assert "source    osmos" in queued.stdout and "runs inside its batch's chunk jobs" in queued.stdout
+    assert done.returncode == 0, done.stderr
+    traced = json.loads(done.stdout)
+    received = datetime.fromisoformat(traced["received_at"])
+    assert before.timestamp() - 1 <= received.timestamp() <= datetime.now(UTC).timestamp()
+    assert traced["source"] == "osmos" and traced["jobs"] == []
+    assert unknown.returncode == 1 and "no event" in unknown.stderr
