@@ -77,7 +77,7 @@ _POLL = (0.05, 0.25)  # seconds between two looks at a busy connector, at random
 
 def budget_arguments(budget: str) -> tuple[int, float]:
     """`OSMA_ROUTER_OSMOS_REDIS_BUDGET` as the begin script takes it: (bytes, percent of
-    maxmemory); 0 means none. The setting is checked at start-up (`settings.py`)."""
+    maxmemory); 0 means none. The setting is checked at start-up (`settings/values.py`)."""
     text = budget.strip()
     if text.endswith("%"):
         return 0, float(text[:-1])
