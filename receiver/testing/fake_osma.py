@@ -8,10 +8,10 @@ A refusal answers Osma's documented error body (`{"type", "message", "params"?}`
 where the fix is in the test the message says it: "No such task: 'task_7'
 (fake_osma.add_task(id='task_7') creates it)".
 
-Like Osma, it can send webhooks about what the API writes: after `send_webhooks_to(url,
-secret)`, every task created or updated through the API is delivered to `url` as a signed
-`task.created` or `task.updated` event, from a background thread, so a handler's own
-write comes back to the receiver as it would in production.
+Like Osma, it can send webhooks about what the API writes (`osma_webhooks.py`): after
+`send_webhooks_to(url, secret)`, every task created or updated through the API is
+delivered to `url` as a signed `task.created` or `task.updated` event, from a background
+thread, so a handler's own write comes back to the receiver as it would in production.
 
 ```python
 with FakeOsma() as osma:                      # serving on 127.0.0.1:<free port>
@@ -29,22 +29,18 @@ from __future__ import annotations
 
 import copy
 import itertools
-import queue
-import threading
 import time
-import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from typing import Any
 
-import httpx
 import orjson
 from starlette.responses import Response
 from starlette.routing import Route
 
-from ..model.signature import sign
 from .fake_service import FakeService, Fault, Seen, json_response
+from .osma_webhooks import WebhookDelivery as WebhookDelivery  # where it was before
+from .osma_webhooks import WebhookSender
 
 TEST_KEY = "sk_test_osma_router_fake"
 LIVE_KEY = "sk_live_osma_router_fake"
@@ -72,39 +68,9 @@ MEMBER_FIELDS = {
 }
 TASK_STATUSES = {"ready", "in_progress", "completed", "cancelled", "deleted"}
 
-WEBHOOK_USER_AGENT = "Osma-Webhooks (fake)"
 
 # An operation on a resource: (resource, mode, request, path params) -> (status, body).
 Operation = Callable[[str, str, Seen, dict[str, str]], tuple[int, Any]]
-
-
-@dataclass(frozen=True)
-class WebhookDelivery:
-    """One webhook the fake sent: the event, where to, and the answer's status (None when
-    no answer came: `error` names the failure). The fake does not retry."""
-
-    event_id: str
-    type: str
-    task_id: str
-    url: str
-    body: bytes
-    signature: str
-    status: int | None
-    error: str | None
-    at: float
-
-    @property
-    def event(self) -> Any:
-        return orjson.loads(self.body)
-
-
-@dataclass(frozen=True)
-class _Outgoing:
-    generation: int  # of the test that caused it: reset() drops what is still queued
-    event_id: str
-    type: str
-    task_id: str
-    body: bytes
 
 
 class OsmaError(Exception):
@@ -134,7 +100,7 @@ def now_iso() -> str:
     return datetime.now(UTC).isoformat()
 
 
-class FakeOsma(FakeService):
+class FakeOsma(WebhookSender, FakeService):
     """The fake Osma API. `keys` are the accepted API keys (`sk_test_...`/`sk_live_...`)."""
 
     name = "fake Osma"
@@ -155,14 +121,8 @@ class FakeOsma(FakeService):
         self._idempotency: dict[tuple[str, str], tuple[bytes, int, bytes]] = {}
         self._windows: dict[tuple[str, str, int], int] = {}
         self.rate_limited = 0
-        self._webhook_url: str | None = None
-        self._webhook_secret: str | None = None
-        self._outbox: queue.SimpleQueue[_Outgoing | None] = queue.SimpleQueue()
-        self._deliveries: list[WebhookDelivery] = []
-        self._sender: threading.Thread | None = None
-        self._unsent = 0
         super().__init__()
-        self._all_sent = threading.Condition(self.lock)
+        self._init_webhooks()
 
     def routes(self) -> list[Route]:
         return [
@@ -211,114 +171,11 @@ class FakeOsma(FakeService):
             self._idempotency.clear()
             self._windows.clear()
             self.rate_limited = 0
-            # The receiver a test pointed webhooks at is gone with that test.
-            self._webhook_url = self._webhook_secret = None
-            self._deliveries.clear()
+            self._reset_webhooks()
 
     def stop(self) -> None:
-        with self.lock:
-            sender, self._sender = self._sender, None
-            self._webhook_url = self._webhook_secret = None
-        if sender is not None:
-            self._outbox.put(None)
-            sender.join(10)
+        self._stop_webhooks()
         super().stop()
-
-    # --- webhooks -----------------------------------------------------------------------
-
-    def send_webhooks_to(self, url: str | None, secret: str | None = None) -> None:
-        """After each task write through the API, POST a signed event to `url` (the full
-        endpoint, e.g. `<receiver>/webhooks/osma`), signed with `secret` as Osma signs.
-        `None` stops, and events not yet sent are dropped."""
-        if url is not None and not secret:
-            raise ValueError("webhooks need the signing secret the receiver checks")
-        with self.lock:
-            self._webhook_url, self._webhook_secret = url, (secret if url is not None else None)
-            if url is not None and (self._sender is None or not self._sender.is_alive()):
-                self._sender = threading.Thread(
-                    target=self._send_forever, name="fake-osma-webhooks", daemon=True
-                )
-                self._sender.start()
-
-    @property
-    def webhook_deliveries(self) -> list[WebhookDelivery]:
-        """The webhooks sent since the last reset, in the order they were sent."""
-        with self.lock:
-            return list(self._deliveries)
-
-    def wait_for_webhooks(self, timeout: float = 10.0) -> None:
-        """Return once every event queued so far has been sent (or dropped)."""
-        deadline = time.monotonic() + timeout
-        with self._all_sent:
-            while self._unsent:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    raise AssertionError(f"{self._unsent} webhook(s) still unsent after {timeout:g} s")
-                self._all_sent.wait(left)
-
-    def _announce(self, event_type: str, mode: str, task: dict[str, Any]) -> None:
-        """Queue the event about a task write; called under the lock, by the write itself, so
-        a write whose answer is lost is announced too and a replayed answer is not."""
-        if self._webhook_url is None:
-            return
-        event_id = f"evt_fake{uuid.uuid4().hex[:24]}"
-        body = orjson.dumps(
-            {
-                "id": event_id,
-                "object": "event",
-                "type": event_type,
-                "created_at": now_iso(),
-                "live_mode": mode == "live",
-                "data": {"object": task},
-            }
-        )
-        self._unsent += 1
-        self._outbox.put(_Outgoing(self._generation, event_id, event_type, task["id"], body))
-
-    def _send_forever(self) -> None:
-        # Its own thread: the API answer that caused an event is not held up by its delivery.
-        with httpx.Client(timeout=10.0) as http:
-            while (outgoing := self._outbox.get()) is not None:
-                try:
-                    self._send(http, outgoing)
-                finally:
-                    with self._all_sent:
-                        self._unsent -= 1
-                        self._all_sent.notify_all()
-
-    def _send(self, http: httpx.Client, outgoing: _Outgoing) -> None:
-        with self.lock:
-            url, secret, generation = self._webhook_url, self._webhook_secret, self._generation
-        if url is None or secret is None or outgoing.generation != generation:
-            return
-        # Signed when sent, as Osma does: the timestamp is the delivery's, not the write's.
-        signature = sign(outgoing.body, secret, int(time.time()))
-        headers = {
-            "content-type": "application/json",
-            "user-agent": WEBHOOK_USER_AGENT,
-            "osma-signature": signature,
-        }
-        status: int | None = None
-        error: str | None = None
-        try:
-            status = http.post(url, content=outgoing.body, headers=headers).status_code
-        except httpx.HTTPError as exc:
-            error = type(exc).__name__
-        with self.lock:
-            if outgoing.generation == self._generation:
-                self._deliveries.append(
-                    WebhookDelivery(
-                        outgoing.event_id,
-                        outgoing.type,
-                        outgoing.task_id,
-                        url,
-                        outgoing.body,
-                        signature,
-                        status,
-                        error,
-                        time.time(),
-                    )
-                )
 
     # --- HTTP ---------------------------------------------------------------------------
 
