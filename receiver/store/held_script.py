@@ -13,12 +13,15 @@ timeout. What redis-py's path did for errors it does too:
 
 - a script Redis does not know (a restart, `SCRIPT FLUSH`) is loaded and the call sent
   again (`NOSCRIPT`);
-- a dropped connection is opened again and the call sent once more (the receiver's
-  policy: one retry, no backoff; see connection.py). A call whose reply was lost may
-  have run: sent again, its events come back as duplicates, which are answered 200
-  and are stored all the same;
-- after any other failure (a timeout, a cancellation) the connection is closed before
-  anything else is sent on it, so no later call can read an earlier call's reply.
+- a dropped connection, or a call that timed out, is sent once more on a new connection
+  (the receiver's policy: one retry, no backoff; see connection.py). A call whose reply
+  was lost may have run: sent again, its new events come back as duplicates, which are
+  answered 200 and are stored all the same (their mark counts one repeat too many), and
+  a forced replay's jobs are queued twice (redis-py's path did the same);
+- an error Redis answered (BUSY, OOM, a script error) is raised as it is, and the
+  connection stays;
+- after any other failure (a cancellation) the connection is closed before anything
+  else is sent on it, so no later call can read an earlier call's reply.
 """
 
 from __future__ import annotations
@@ -31,7 +34,8 @@ import hiredis
 from redis.asyncio import Redis as AsyncRedis
 from redis.asyncio.connection import AbstractConnection
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import NoScriptError
+from redis.exceptions import NoScriptError, ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 
 class HeldScript:
@@ -61,7 +65,10 @@ class HeldScript:
                     await connection.send_command("SCRIPT", "LOAD", self.source, check_health=False)
                     await connection.read_response()
                     return await self._round_trip(connection, command)
-            except RedisConnectionError:
+            except ResponseError:
+                raise  # an error Redis answered was read whole: the connection stays usable
+            except (RedisConnectionError, RedisTimeoutError):
+                # redis-py has closed the connection already; closing again costs nothing.
                 await connection.disconnect()
                 if attempts <= 0:
                     raise

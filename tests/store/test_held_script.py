@@ -7,6 +7,7 @@ import asyncio
 
 from redis import Redis
 from redis.asyncio import Redis as AsyncRedis
+from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from receiver.keys import dedup_key
@@ -93,7 +94,7 @@ def test_a_reply_that_came_too_late_is_never_read_as_the_next_calls(
     async def scenario() -> tuple[BaseException | int, int]:
         client = AsyncRedis.from_url(redis_server.url, socket_timeout=0.2)
         try:
-            call = HeldScript(client, SLOW_INCR)
+            call = HeldScript(client, SLOW_INCR, retries=0)  # a retry would send it again
             assert await call(["counter"], ["0"]) == 1
             late = (await asyncio.gather(call(["counter"], ["500"]), return_exceptions=True))[0]
             await asyncio.sleep(0.5)  # the slow script ends and its reply comes
@@ -104,3 +105,43 @@ def test_a_reply_that_came_too_late_is_never_read_as_the_next_calls(
     late, after = asyncio.run(scenario())
     assert isinstance(late, RedisTimeoutError)
     assert after == 3
+
+
+def test_a_call_that_timed_out_is_sent_once_more_on_a_new_connection(
+    redis: Redis, redis_server: RedisServer
+) -> None:
+    """The receiver's client retries a timeout once (connection.py): a connection that went
+    silent, as after an idle drop by something in between, costs one timeout, not a 503 for
+    every delivery of the call. Here the first try waits out a pause; the second runs."""
+
+    async def scenario() -> int:
+        client = AsyncRedis.from_url(redis_server.url, socket_timeout=0.3)
+        try:
+            call = HeldScript(client, SLOW_INCR)
+            assert await call(["counter"], ["0"]) == 1
+            redis.execute_command("CLIENT", "PAUSE", 400, "WRITE")
+            return int(await call(["counter"], ["0"]))
+        finally:
+            await client.aclose()
+
+    assert asyncio.run(scenario()) == 2  # a timed-out call that was paused never ran
+
+
+def test_an_error_reply_keeps_the_connection(redis: Redis, redis_server: RedisServer) -> None:
+    """An error Redis answered (here the script's own) was read whole: the connection stays."""
+
+    async def scenario() -> tuple[BaseException | int, int, int, int]:
+        client = AsyncRedis.from_url(redis_server.url)
+        try:
+            call = HeldScript(client, "if ARGV[1] == 'fail' then error('no') end return 1")
+            await call([], ["ok"])
+            before = redis.info("stats")["total_connections_received"]
+            failed = (await asyncio.gather(call([], ["fail"]), return_exceptions=True))[0]
+            again = await call([], ["ok"])
+            return failed, again, before, redis.info("stats")["total_connections_received"]
+        finally:
+            await client.aclose()
+
+    failed, again, before, after = asyncio.run(scenario())
+    assert isinstance(failed, ResponseError) and again == 1
+    assert after == before
