@@ -49,8 +49,9 @@ from .recent import RECENT_MAX, recent_member
 # ":<job id tail>" per job queued, then "#<n>" once the id has come n more times. A
 # redelivery rewrites it (KEEPTTL) instead of only finding it: the one command a
 # duplicate costs more; a new event costs none (the SET was there already).
-# A forced event (a replay, under job ids of its own) queues its jobs even when seen and
-# leaves an existing dedup key's expiry as it is (its job marks are added to the value).
+# A forced event (a replay, under job ids of its own) queues its jobs even when seen, but
+# not a job whose hash is there already (the same call sent again), and leaves an existing
+# dedup key's expiry as it is (its job marks are added to the value).
 # A new event is added to the recent-events index (the console's list), trimmed to its
 # cap by rank once per call.
 # A captured delivery is added to the capture stream whether new or duplicate (field
@@ -87,7 +88,9 @@ for e = 1, nevents do
     local job_key, queue_key = KEYS[k], KEYS[k + 1]; k = k + 2
     local template = templates[batch[a]]
     local job_id, data, description = batch[a + 1], batch[a + 2], batch[a + 3]; a = a + 4
-    if write and not failed then
+    -- A forced job already there was queued by this very call sent before (its reply
+    -- lost) or by the same replay run: queued once, whatever the retries.
+    if write and not failed and not (mode % 2 == 1 and redis.call('EXISTS', job_key) == 1) then
       local ok = redis.pcall('HSET', job_key, 'data', data, 'description', description,
         'created_at', now, 'enqueued_at', now, unpack(template))
       if type(ok) == 'table' and ok.err then

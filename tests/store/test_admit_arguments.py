@@ -85,3 +85,30 @@ def test_the_script_writes_exactly_what_was_built(
     assert redis.get(dedup_key("osma", event_id)) == f"{received_ms}{marks}#2".encode()
     recent = redis.zrange(RECENT_EVENTS_KEY, 0, -1, withscores=True)
     assert recent == [(recent_member(event_type, event_id).encode(), float(received_ms))]
+
+
+def test_a_forced_call_sent_twice_queues_its_jobs_once(redis: Redis, redis_server: RedisServer) -> None:
+    """A call whose reply was lost is sent once more (held_script.py). For a forced replay the
+    second run must find its jobs there already, not queue them again under the same ids."""
+
+    async def scenario() -> list[Admitted]:
+        client = AsyncRedis.from_url(redis_server.url)
+        try:
+            pipeline = pipeline_for(client)
+            payload = {"id": "evt_twice", "type": "task.completed", "data": {"object": {}}}
+            body = orjson.dumps(payload)
+            at = datetime.now(UTC)
+            await pipeline.admit("osma", payload, body, at)
+            return [
+                await pipeline.admit("osma", payload, body, at, replay=True, force_tag="f1") for _ in range(2)
+            ]
+        finally:
+            await client.aclose()
+
+    first, again = asyncio.run(scenario())
+    assert first.outcome is again.outcome is AdmitOutcome.ACCEPTED
+    queued = redis.lrange(RQ_QUEUE_PREFIX + "osma-router", 0, -1) + redis.lrange(
+        RQ_QUEUE_PREFIX + "other", 0, -1
+    )
+    forced = [job_id for job_id in queued if job_id.endswith(b"_f1")]
+    assert len(forced) == 2 and len(set(forced)) == 2  # each route's forced job, once
