@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import math
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -108,7 +109,9 @@ class SignatureVerifier:
     def verify(self, body: bytes, header: bytes | str | None, now: float) -> int:
         """Raise `VerificationError` unless `header` signs `body`; return the signed timestamp."""
         timestamp, signatures, raw_timestamp = _parse(header)
-        if abs(now - timestamp) > self.tolerance:
+        # Whole seconds, as `t` is written: a sender's `t = int(time.time()) - 300` is exactly
+        # the tolerance whatever fraction of a second the receiver's clock has reached.
+        if abs(math.floor(now) - timestamp) > self.tolerance:
             raise VerificationError(
                 f"the signature timestamp is more than {self.tolerance} s away from the receiver's clock",
                 error_type="timestamp_out_of_tolerance",

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import math
 
 import pytest
 from hypothesis import given, settings
@@ -114,12 +115,28 @@ def test_spaces_around_entries_are_ignored() -> None:
 # --- tolerance ----------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("offset", [0, 1, 299, 300, -1, -299, -300])
-def test_timestamps_within_the_tolerance_are_accepted(offset: int) -> None:
+# The receiver's clock is read in whole seconds, as `t` is written: at NOW + 300.5 it is
+# second NOW + 300 (exactly the tolerance: accepted), at NOW - 300.5 second NOW - 301.
+@pytest.mark.parametrize("offset", [0, 1, 299, 300, -1, -299, -300, 300.5, 300.999, -299.5])
+def test_timestamps_within_the_tolerance_are_accepted(offset: float) -> None:
     assert verifier().verify(BODY, sign(BODY, SECRET, NOW), now=NOW + offset) == NOW
 
 
-@pytest.mark.parametrize("offset", [301, -301, 300.5, -300.5, 86_400, -86_400])
+@given(now=st.floats(min_value=1e9, max_value=4e9), offset=st.integers(-600, 600))
+def test_exactly_the_tolerance_is_accepted_whatever_the_fraction_of_the_clock(
+    now: float, offset: int
+) -> None:
+    """A sender writes `t = int(time.time()) - 300` and the receiver's clock has a fraction:
+    it is still exactly the tolerance."""
+    timestamp = math.floor(now) + offset
+    header = sign(BODY, SECRET, timestamp)
+    if abs(offset) <= 300:
+        assert verifier().verify(BODY, header, now=now) == timestamp
+    else:
+        assert rejection(header, now=now).error_type == "timestamp_out_of_tolerance"
+
+
+@pytest.mark.parametrize("offset", [301, -301, 301.5, -300.5, 86_400, -86_400])
 def test_timestamps_beyond_the_tolerance_are_rejected_both_ways(offset: float) -> None:
     error = rejection(sign(BODY, SECRET, NOW), now=NOW + offset)
     assert error.error_type == "timestamp_out_of_tolerance"

@@ -287,3 +287,21 @@ def test_fuzzed_headers_and_bodies_never_give_a_5xx(start_receiver):
         assert "error" in response.json() or response.status_code in (200, 202)
 
     check()
+
+
+def test_a_timestamp_exactly_the_tolerance_away_is_accepted_on_a_clock_mid_second(start_receiver):
+    """A sender writes `t = int(time.time()) - 300`; the receiver's clock is 0.75 s into its
+    second. Exactly the tolerance in the past and the future is accepted, one more is not."""
+    now = 1_800_000_000
+    receiver = start_receiver(clock=lambda: now + 0.75)
+    answers = {
+        offset: receiver.post(make_event(event_id=f"evt_edge_{offset + 1000}"), timestamp=now + offset)
+        for offset in (-300, 300, -301, 301)
+    }
+    assert {offset: answer.status_code for offset, answer in answers.items()} == {
+        -300: 202,
+        300: 202,
+        -301: 401,
+        301: 401,
+    }
+    assert answers[-301].json()["error"]["type"] == "timestamp_out_of_tolerance"
