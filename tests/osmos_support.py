@@ -20,6 +20,14 @@ from receiver.store.osmos_chunks import CHUNK_KIND, EventCoder, unpack_records
 from receiver.worker.osmos import chunk_records
 
 QUEUE = "rq:queue:osma-router"
+# The connector most Osmos tests use: records with a string `customer_id`, no key field.
+CRM_CONNECTOR = """
+[connectors.crm]
+header = "Authorization"
+token = "env:CRM_OSMOS_TOKEN"
+event_type = "osmos.crm.record"
+fields = [{ name = "customer_id", type = "string" }]
+"""
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from receiver.store.dedup import DedupMark
 from receiver.store.trace import load_trace
-from tests.osmos_support import queued_records
+from tests.osmos_support import CRM_CONNECTOR, queued_records
 from tests.support import env_for, make_event, osma_router
 
 ROUTES = """
@@ -192,17 +192,14 @@ def test_an_event_whose_jobs_all_succeeded_still_shows_its_type(start_receiver, 
     assert document["type"] == "member.created"
 
 
-OSMOS_ROUTES = """
+OSMOS_ROUTES = (
+    """
 [[routes]]
 on = "osmos.crm.record"
 handler = "sample.record"
-
-[connectors.crm]
-header = "Authorization"
-token = "env:CRM_OSMOS_TOKEN"
-event_type = "osmos.crm.record"
-fields = [{ name = "customer_id", type = "string" }]
 """
+    + CRM_CONNECTOR
+)
 
 
 def test_an_osmos_record_is_traced_from_its_dedup_mark_before_and_after_its_chunk_ran(

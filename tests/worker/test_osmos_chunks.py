@@ -23,11 +23,12 @@ from receiver.store.failed import FailedJobs
 from receiver.worker.execution import WorkerRuntime
 from receiver.worker.osmos import execute_chunk
 from receiver.worker.runner import run_worker
-from tests.osmos_support import job_spec, queued_jobs, queued_records
+from tests.osmos_support import CRM_CONNECTOR, job_spec, queued_jobs, queued_records
 from tests.support import env_for, handled, osma_router
 
 TOKEN = "osmos-worker-token-1234"
-ROUTES = """
+ROUTES = (
+    """
 [[routes]]
 on = "osmos.crm.record"
 handler = "sample.record"
@@ -37,13 +38,9 @@ label = "a"
 on = "osmos.crm.record"
 handler = "sample.record"
 label = "b"
-
-[connectors.crm]
-header = "Authorization"
-token = "env:CRM_OSMOS_TOKEN"
-event_type = "osmos.crm.record"
-fields = [{ name = "customer_id", type = "string" }]
 """
+    + CRM_CONNECTOR
+)
 HEADERS = {"authorization": TOKEN, "content-type": "application/json"}
 
 
