@@ -185,8 +185,7 @@ class HandlerFailed(RouterError):
         event = f"event {event_id}" if event_id else "its scheduled job"
         more = f" (and {others} more job{'s' if others != 1 else ''} failed)" if others else ""
         super().__init__(
-            f"handler {handler} failed on {event}, attempt {attempt}{of}: "
-            f"{error_type}: {error_message}{more}"
+            f"handler {handler} failed on {event}, attempt {attempt}{of}: {error_type}: {error_message}{more}"
         )
         self.handler = handler
         self.event_id = event_id

@@ -26,22 +26,34 @@ LAST_FLUSH_TIMEOUT = 5.0
 
 
 class ActivityRecorder:
+    """`deliveries`: counts by source and outcome; `reasons`: the part of them that has a
+    reason, by source, outcome and reason (`receiver.web.metrics`)."""
+
     def __init__(
-        self, deliveries: Counter, redis: AsyncRedis, clock: Callable[[], float] = time.time
+        self,
+        deliveries: Counter,
+        reasons: Counter,
+        redis: AsyncRedis,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self._deliveries = deliveries
+        self._reasons = reasons
         self._redis = redis
         self._clock = clock
         self._flushed: dict[str, float] = {}
 
     def _counts(self) -> dict[str, float]:
+        """Every (source, outcome, reason) count: those without a reason are the rest."""
+        totals = _totals(self._deliveries, ("source", "outcome"))
         counts: dict[str, float] = {}
-        for metric in self._deliveries.collect():
-            for sample in metric.samples:
-                if sample.name.endswith("_total"):
-                    labels = sample.labels
-                    name = activity_field(labels["source"], labels["outcome"], labels["reason"])
-                    counts[name] = counts.get(name, 0.0) + sample.value
+        for (source, outcome, reason), value in _totals(
+            self._reasons, ("source", "outcome", "reason")
+        ).items():
+            counts[activity_field(source, outcome, reason)] = value
+            totals[(source, outcome)] = totals.get((source, outcome), 0.0) - value
+        for (source, outcome), value in totals.items():
+            if value > 0:
+                counts[activity_field(source, outcome, "")] = value
         return counts
 
     async def flush(self) -> None:
@@ -68,3 +80,13 @@ class ActivityRecorder:
             except UNAVAILABLE:
                 log.info("last activity counts not flushed: Redis did not answer")
             raise
+
+
+def _totals(counter: Counter, labels: tuple[str, ...]) -> dict[tuple[str, ...], float]:
+    totals: dict[tuple[str, ...], float] = {}
+    for metric in counter.collect():
+        for sample in metric.samples:
+            if sample.name.endswith("_total"):
+                key = tuple(sample.labels[name] for name in labels)
+                totals[key] = totals.get(key, 0.0) + sample.value
+    return totals

@@ -52,7 +52,9 @@ def create_app(state: ReceiverState) -> Starlette:
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        activity = asyncio.create_task(ActivityRecorder(state.metrics.deliveries, state.redis).run())
+        activity = asyncio.create_task(
+            ActivityRecorder(state.metrics.deliveries, state.metrics.delivery_reasons, state.redis).run()
+        )
         yield
         activity.cancel()
         await asyncio.gather(activity, return_exceptions=True)

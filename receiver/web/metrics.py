@@ -78,6 +78,16 @@ class Metrics:
         self.deliveries = Counter(
             "osma_router_deliveries",
             "Deliveries received, by source and outcome (accepted, duplicate, rejected).",
+            ["source", "outcome"],
+            registry=self.registry,
+        )
+        # Why, where there is a why: a rejection's error type, and `other_mode` for an
+        # accepted event whose `live_mode` kept it from a matching route. Its own family,
+        # so `osma_router_deliveries_total` has exactly the labels the contract names.
+        self.delivery_reasons = Counter(
+            "osma_router_delivery_reasons",
+            "Deliveries with a reason, by source, outcome and reason (a rejection's error type; "
+            "other_mode: accepted, but live_mode kept it from a matching route).",
             ["source", "outcome", "reason"],
             registry=self.registry,
         )
@@ -88,6 +98,10 @@ class Metrics:
             buckets=LATENCY_BUCKETS,
             registry=self.registry,
         )
+
+    def rejected(self, source: str, error_type: str) -> None:
+        self.deliveries.labels(source, "rejected").inc()
+        self.delivery_reasons.labels(source, "rejected", error_type).inc()
 
     def add_job_counts(self, redis: Redis) -> None:
         self.registry.register(JobCounts(redis))

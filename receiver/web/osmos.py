@@ -106,8 +106,8 @@ class OsmosIngest:
         except HTTPFacingError as exc:
             await self._refuse(send, exc, name, count, request_id)
             return
-        state.metrics.deliveries.labels(self.source, "accepted", "").inc(outcome.fresh)
-        state.metrics.deliveries.labels(self.source, "duplicate", "").inc(outcome.duplicates)
+        state.metrics.deliveries.labels(self.source, "accepted").inc(outcome.fresh)
+        state.metrics.deliveries.labels(self.source, "duplicate").inc(outcome.duplicates)
         if state.log_deliveries:
             log.info(
                 f"osmos batch stored: {outcome.fresh} new record(s), {outcome.duplicates} duplicate(s)",
@@ -125,7 +125,7 @@ class OsmosIngest:
         self, send: Send, exc: HTTPFacingError, name: str, count: int | None, request_id: str
     ) -> None:
         if exc.status_code < 500:
-            self.state.metrics.deliveries.labels(self.source, "rejected", exc.error_type).inc()
+            self.state.metrics.rejected(self.source, exc.error_type)
         log.log(
             logging.WARNING if isinstance(exc, OverBudget) else logging.INFO,
             "osmos batch rejected",

@@ -31,10 +31,10 @@ class OsmaWebhook:
     def __init__(self, state: ReceiverState) -> None:
         self.state = state
         self.latency = state.metrics.delivery_seconds.labels(self.source)
-        self.accepted = state.metrics.deliveries.labels(self.source, "accepted", "")
-        self.duplicates = state.metrics.deliveries.labels(self.source, "duplicate", "")
+        self.accepted = state.metrics.deliveries.labels(self.source, "accepted")
+        self.duplicates = state.metrics.deliveries.labels(self.source, "duplicate")
         # Accepted, but the event's `live_mode` held back at least one matching route.
-        self.other_mode = state.metrics.deliveries.labels(self.source, "accepted", "other_mode")
+        self.other_mode = state.metrics.delivery_reasons.labels(self.source, "accepted", "other_mode")
         self.body_deadline = Deadline(state.settings.body_timeout)
         # One deadline per request for storing: behind a slow Redis, requests queue for the
         # next grouped call, and the client's own timeout (with its retry) would add up.
@@ -71,7 +71,7 @@ class OsmaWebhook:
             return
         except HTTPFacingError as exc:
             if exc.status_code < 500:
-                state.metrics.deliveries.labels(self.source, "rejected", exc.error_type).inc()
+                state.metrics.rejected(self.source, exc.error_type)
             log.info(
                 "delivery rejected",
                 extra={
@@ -93,7 +93,9 @@ class OsmaWebhook:
             )
             return
         if outcome is AdmitOutcome.ACCEPTED:
-            (self.other_mode if held_back else self.accepted).inc()
+            self.accepted.inc()
+            if held_back:
+                self.other_mode.inc()
             body_out = orjson.dumps({"status": "accepted", "id": event_id, "jobs": jobs})
             status = 202
         else:

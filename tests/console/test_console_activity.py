@@ -57,25 +57,26 @@ def test_deliveries_through_a_receiver_show_in_the_overview_chart(
 
 def test_the_recorder_adds_what_was_counted_since_its_last_flush(osma_router_redis: Redis) -> None:
     url = osma_router_redis.connection_pool.connection_kwargs
-    deliveries = PromCounter(
-        "deliveries", "test", ["source", "outcome", "reason"], registry=CollectorRegistry()
-    )
+    registry = CollectorRegistry()
+    deliveries = PromCounter("deliveries", "test", ["source", "outcome"], registry=registry)
+    reasons = PromCounter("reasons", "test", ["source", "outcome", "reason"], registry=registry)
     now = [MINUTE + 10.0]
 
     async def scenario() -> None:
         redis = AsyncRedis(host=url["host"], port=url["port"])
         down = AsyncRedis(host="127.0.0.1", port=1, socket_connect_timeout=1)
         try:
-            recorder = ActivityRecorder(deliveries, redis, clock=lambda: now[0])
-            deliveries.labels("osma", "accepted", "").inc(3)
-            deliveries.labels("osma", "rejected", "stale").inc()
+            recorder = ActivityRecorder(deliveries, reasons, redis, clock=lambda: now[0])
+            deliveries.labels("osma", "accepted").inc(3)
+            deliveries.labels("osma", "rejected").inc()
+            reasons.labels("osma", "rejected", "stale").inc()
             await recorder.flush()
             await recorder.flush()  # nothing new: nothing added
-            deliveries.labels("osma", "accepted", "").inc(2)
+            deliveries.labels("osma", "accepted").inc(2)
             now[0] = MINUTE + 70.0  # the next minute
             await recorder.flush()
             # A Redis that does not answer: no error, the counts wait for a flush that works.
-            await ActivityRecorder(deliveries, down, clock=lambda: now[0]).flush()
+            await ActivityRecorder(deliveries, reasons, down, clock=lambda: now[0]).flush()
         finally:
             await redis.aclose()
             await down.aclose()

@@ -171,7 +171,7 @@ def behind_caddy(tmp_path, redis, redis_server, monkeypatch) -> Iterator[tuple[s
 def rejected(server: Server, source: str, reason: str) -> float:
     """The receiver's own count of refused deliveries of `source` for `reason`."""
     metrics = httpx.get(server.url + "/metrics", timeout=10).text
-    pattern = rf'deliveries_total{{(?=[^}}]*source="{source}")(?=[^}}]*"{reason}")[^}}]*}} (\S+)'
+    pattern = rf'delivery_reasons_total{{(?=[^}}]*source="{source}")(?=[^}}]*"{reason}")[^}}]*}} (\S+)'
     return sum(float(value) for value in re.findall(pattern, metrics))
 
 

@@ -1,6 +1,7 @@
 """Live and test mode over real HTTP: an event whose `live_mode` is not the mode that
-applies queues no job for that route, is still remembered, and is counted as
-`reason="other_mode"` (docs/contract.md, "Event envelope")."""
+applies queues no job for that route, is still remembered, and is counted as accepted and,
+in `osma_router_delivery_reasons_total`, as `reason="other_mode"` (docs/contract.md,
+"Event envelope")."""
 
 from __future__ import annotations
 
@@ -50,8 +51,8 @@ label = "both"
 live_mode = "any"
 """
 
-OTHER_MODE = 'osma_router_deliveries_total{outcome="accepted",reason="other_mode",source="osma"}'
-ACCEPTED = 'osma_router_deliveries_total{outcome="accepted",reason="",source="osma"}'
+OTHER_MODE = 'osma_router_delivery_reasons_total{outcome="accepted",reason="other_mode",source="osma"}'
+ACCEPTED = 'osma_router_deliveries_total{outcome="accepted",source="osma"}'
 
 
 def queued(redis: Redis) -> list[str]:
@@ -84,8 +85,8 @@ def test_a_live_event_to_a_test_key_queues_nothing_but_is_remembered_and_counted
     assert len(queued(redis)) == 1
 
     text = receiver.http.get("/metrics").text
-    assert metric(text, OTHER_MODE) == 1.0
-    assert metric(text, ACCEPTED) == 1.0
+    assert metric(text, ACCEPTED) == 2.0  # every accepted delivery (the contract's two labels)
+    assert metric(text, OTHER_MODE) == 1.0  # the one whose live_mode held a route back
 
 
 def test_a_live_key_holds_back_test_events(start_receiver, redis):

@@ -498,9 +498,13 @@ def test_metrics_count_osmos_records(osmos, redis):
     post(receiver, customers(4))  # three duplicates, one new
     post(receiver, customers(1), headers={"content-type": "application/json"})
     text = receiver.http.get("/metrics").text
-    assert 'osma_router_deliveries_total{outcome="accepted",reason="",source="osmos"} 4.0' in text
-    assert 'osma_router_deliveries_total{outcome="duplicate",reason="",source="osmos"} 3.0' in text
-    assert 'osma_router_deliveries_total{outcome="rejected",reason="unauthorized",source="osmos"} 1.0' in text
+    assert 'osma_router_deliveries_total{outcome="accepted",source="osmos"} 4.0' in text
+    assert 'osma_router_deliveries_total{outcome="duplicate",source="osmos"} 3.0' in text
+    assert 'osma_router_deliveries_total{outcome="rejected",source="osmos"} 1.0' in text
+    assert (
+        'osma_router_delivery_reasons_total{outcome="rejected",reason="unauthorized",source="osmos"} 1.0'
+        in text
+    )
 
 
 # -- check-config ------------------------------------------------------------------------
