@@ -204,26 +204,22 @@ R = TypeVar("R")
 
 
 class GroupCommitter(Generic[T, R]):
-    """Runs `flush(items)` for submitted items, batching those that queue up meanwhile."""
+    """Runs `flush(items)` for submitted items, one call at a time, batching those that
+    queue up while a call is in flight."""
 
     def __init__(
-        self,
-        flush: Callable[[list[T]], Awaitable[Sequence[R | BaseException]]],
-        *,
-        max_batch: int = 256,
-        concurrency: int = 4,
+        self, flush: Callable[[list[T]], Awaitable[Sequence[R | BaseException]]], *, max_batch: int = 256
     ) -> None:
         self._flush = flush
         self._max_batch = max_batch
-        self._concurrency = concurrency
         self._pending: deque[tuple[T, asyncio.Future[R]]] = deque()
-        self._running = 0
+        self._running = False
 
     async def submit(self, item: T) -> R:
         future: asyncio.Future[R] = asyncio.get_running_loop().create_future()
         self._pending.append((item, future))
-        if self._running < self._concurrency:
-            self._running += 1
+        if not self._running:
+            self._running = True
             asyncio.get_running_loop().create_task(self._drain())
         return await future
 
@@ -248,7 +244,7 @@ class GroupCommitter(Generic[T, R]):
                     else:
                         future.set_result(result)
         finally:
-            self._running -= 1
+            self._running = False
 
 
 class EventStore:
@@ -270,10 +266,9 @@ class EventStore:
         )
         self.ttl_ms = str(max(1, int(round(dedup_ttl * 1000))))
         self._script = HeldScript(redis, ADMIT_SCRIPT)
+        # One call at a time, which is also what lets HeldScript keep one connection.
         self._committer: GroupCommitter[Admission, AdmitOutcome] = GroupCommitter(
-            self._store_batch,
-            max_batch=max_batch,
-            concurrency=1,  # HeldScript: one call at a time
+            self._store_batch, max_batch=max_batch
         )
 
     async def admit(self, admission: Admission) -> AdmitOutcome:
