@@ -296,6 +296,16 @@ class RecordIds:
             return self.prefix + digest.hex()
         return self.prefix + digest[:8].hex() + "_" + digest[8:].hex()
 
+    def digest_of(self, event_id: str) -> bytes | None:
+        """`event_id`'s digest, or None when it is not one of these records' ids."""
+        if not event_id.startswith(self.prefix):
+            return None
+        try:
+            digest = bytes.fromhex(event_id.removeprefix(self.prefix).replace("_", ""))
+        except ValueError:
+            return None
+        return digest if len(digest) == self.digest_size else None
+
 
 def record_ids(connector: Connector) -> RecordIds:
     return RecordIds(connector.name, connector.key)

@@ -26,7 +26,7 @@ from ..model.routes import load_config
 from ..model.signature import sign
 from ..settings import Settings
 from ..store.connection import UNAVAILABLE, connect, connect_async
-from ..store.dedup import AdmitOutcome
+from ..store.dedup import AdmitOutcome, dedup_ttl_ms
 from ..store.pipeline import build_pipeline
 from ..worker.execution import WorkerRuntime, execute
 
@@ -156,7 +156,7 @@ class InlineTarget:
             settings, "receiver", url=url or UNUSED_REDIS_URL
         )  # routing only: nothing is stored through it
         self.pipeline = build_pipeline(settings, self.runtime.config, self._async)
-        self.ttl_ms = max(1, round(settings.dedup_ttl * 1000))
+        self.ttl_ms = dedup_ttl_ms(settings.dedup_ttl)
 
     def preview(self, delivery: Delivery, received_at: datetime) -> str:
         jobs = self.pipeline.jobs_for(

@@ -64,7 +64,7 @@ from ..keys import (
     osmos_seen_prefix,
 )
 from . import batch_scripts as scripts
-from .dedup import rq_timestamp
+from .dedup import dedup_ttl_ms, rq_timestamp
 from .enqueue import JobWrite
 
 STAGING_DEADLINE = 60  # seconds a batch may go without a step before it counts as abandoned
@@ -87,6 +87,15 @@ def budget_arguments(budget: str) -> tuple[int, float]:
 def part_of(digest: bytes) -> int:
     """The mark hash part of a record's digest (`batch_scripts.py`)."""
     return (digest[0] << 8 | digest[1]) % SEEN_PARTS
+
+
+def mark_hashes(connector: str, digest: bytes, window_ms: int, now_ms: int) -> tuple[str, str]:
+    """The two hashes that can hold a live mark for `digest` at `now_ms`: the current time
+    bucket's and the previous one's (a mark lives one window), as `batch_scripts.py` names
+    them."""
+    bucket, part = now_ms // window_ms, part_of(digest)
+    prefix = osmos_seen_prefix(connector)
+    return f"{prefix}{bucket}:{part}", f"{prefix}{bucket - 1}:{part}"
 
 
 def growth_bound(body_bytes: int, records: int) -> int:
@@ -127,7 +136,7 @@ class BatchStore:
         busy_wait: float = BUSY_WAIT,
     ) -> None:
         self.redis = redis
-        self.window_ms = max(1, round(dedup_ttl * 1000))
+        self.window_ms = dedup_ttl_ms(dedup_ttl)
         self.budget = budget_arguments(budget)
         self.staging_deadline = staging_deadline
         self.busy_wait = busy_wait

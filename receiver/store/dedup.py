@@ -194,6 +194,12 @@ def _digits(text: str) -> bool:
     return text.isascii() and text.isdigit()
 
 
+def dedup_ttl_ms(dedup_ttl: float) -> int:
+    """`OSMA_ROUTER_DEDUP_TTL` (seconds) as the milliseconds a dedup mark lives: a webhook's
+    key, a replay's, and an Osmos record's mark window."""
+    return max(1, round(dedup_ttl * 1000))
+
+
 def rq_timestamp(moment: datetime | None = None) -> str:
     moment = moment or datetime.now(UTC)
     return moment.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
@@ -264,7 +270,7 @@ class EventStore:
         self._templates_json = orjson.dumps(
             [[v.decode() if isinstance(v, bytes) else str(v) for v in fields] for fields in templates]
         )
-        self.ttl_ms = str(max(1, int(round(dedup_ttl * 1000))))
+        self.ttl_ms = str(dedup_ttl_ms(dedup_ttl))
         self._script = HeldScript(redis, ADMIT_SCRIPT)
         # One call at a time, which is also what lets HeldScript keep one connection.
         self._committer: GroupCommitter[Admission, AdmitOutcome] = GroupCommitter(

@@ -36,15 +36,15 @@ from rq.job import Job
 from rq.registry import ScheduledJobRegistry
 from rq.serializers import JSONSerializer
 
-from ..keys import RQ_JOB_PREFIX, dedup_key, effect_key, effects_of_key, osmos_seen_prefix
+from ..keys import RQ_JOB_PREFIX, dedup_key, effect_key, effects_of_key
 from ..logs import masked
 from ..model.connectors import SOURCE as OSMOS
 from ..model.connectors import Connector, record_ids
 from ..model.plugins import HandlerRegistry
 from ..model.routes import Config, Route, job_id_head, load_config
 from ..settings import Settings
-from .batches import part_of
-from .dedup import DedupMark
+from .batches import mark_hashes
+from .dedup import DedupMark, dedup_ttl_ms
 from .failed import event_values
 from .ledger import job_effect_key
 
@@ -211,20 +211,14 @@ def osmos_received_at(redis: Redis, connector: Connector, event_id: str, dedup_t
     """When an Osmos record was accepted, from its live dedup mark: the mark's value is when
     it expires, one dedup window after it was written (store/batch_scripts.py). None when
     the id is not one of the connector's or its mark has expired."""
-    ids = record_ids(connector)
-    try:
-        digest = bytes.fromhex(event_id.removeprefix(ids.prefix).replace("_", ""))
-    except ValueError:
+    digest = record_ids(connector).digest_of(event_id)
+    if digest is None:
         return None
-    if not event_id.startswith(ids.prefix) or len(digest) != ids.digest_size:
-        return None
-    window = max(1, round(dedup_ttl * 1000))
+    window = dedup_ttl_ms(dedup_ttl)
     now_ms = int(time.time() * 1000)
-    bucket, part = now_ms // window, part_of(digest)
-    prefix = osmos_seen_prefix(connector.name)
     with redis.pipeline(transaction=False) as pipe:
-        for number in (bucket, bucket - 1):  # a mark lives one window: older buckets hold none
-            pipe.hget(f"{prefix}{number}:{part}", digest)
+        for key in mark_hashes(connector.name, digest, window, now_ms):
+            pipe.hget(key, digest)
         expiries = [int(value) for value in pipe.execute() if value is not None]
     live = [expires for expires in expiries if expires > now_ms]
     return datetime.fromtimestamp((max(live) - window) / 1000, UTC) if live else None
