@@ -102,6 +102,22 @@ def osma_router(
     )
 
 
+def start_osma_router(
+    args: list[str], env: dict[str, str], cwd: Path | None = ROOT, **popen: Any
+) -> subprocess.Popen[str]:
+    """`osma-router ARGS` in the background, set up as `osma_router` runs it: exactly `env`
+    as its OSMA_ROUTER_* settings, stdout and stderr piped as text."""
+    return subprocess.Popen(
+        [*OSMA_ROUTER, *args],
+        env=subprocess_env(env),
+        cwd=cwd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        **popen,
+    )
+
+
 class Receiver:
     """A receiver under test: its state, its URL and helpers to talk to it."""
 

@@ -23,6 +23,7 @@ from tests.support import (
     make_event,
     osma_router,
     signature_headers,
+    start_osma_router,
     subprocess_env,
 )
 
@@ -117,14 +118,7 @@ def test_serve_send_worker_and_failed_commands_end_to_end(tmp_path, redis, redis
     )
     env = env_for(redis_server.url, routes)
     port = free_port()
-    serve = subprocess.Popen(
-        [*OSMA_ROUTER, "serve", "--port", str(port)],
-        env=subprocess_env(env),
-        cwd=tmp_path,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    serve = start_osma_router(["serve", "--port", str(port)], env, tmp_path)
     try:
         url = f"http://127.0.0.1:{port}"
         wait_until_up(url, serve)
@@ -175,14 +169,7 @@ def test_serve_send_worker_and_failed_commands_end_to_end(tmp_path, redis, redis
 def test_dev_runs_everything_and_stops_cleanly_on_ctrl_c(tmp_path):
     port = free_port()
     env = {"OSMA_ROUTER_CONFIG": str(ROOT / "examples" / "osma-router.toml")}
-    dev = subprocess.Popen(
-        [*OSMA_ROUTER, "dev", "--port", str(port)],
-        env=subprocess_env(env),
-        cwd=tmp_path,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    dev = start_osma_router(["dev", "--port", str(port)], env, tmp_path)
     try:
         url = f"http://127.0.0.1:{port}"
         wait_until_up(url, dev, timeout=30)

@@ -11,7 +11,6 @@ import shlex
 import shutil
 import signal
 import socket
-import subprocess
 import threading
 import time
 from pathlib import Path
@@ -21,7 +20,7 @@ import pytest
 
 from receiver.dev.fakes import pick_port
 from receiver.store.server import free_port
-from tests.support import OSMA_ROUTER, ROOT, osma_router, subprocess_env
+from tests.support import ROOT, osma_router, start_osma_router
 
 KPI_ROUTES = ROOT / "examples" / "kpi.toml"
 BUILT_IN_SECRET = "whsec_dev_local_only"
@@ -32,13 +31,10 @@ class Dev:
 
     def __init__(self, args: list[str], env: dict[str, str], cwd: Path) -> None:
         self.port = free_port()
-        self.process = subprocess.Popen(
-            [*OSMA_ROUTER, "dev", "--port", str(self.port), *args],
-            env=subprocess_env(env),
-            cwd=cwd,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
+        self.process = start_osma_router(
+            ["dev", "--port", str(self.port), *args],
+            env,
+            cwd,
             start_new_session=True,  # a group of its own, as a terminal's foreground job
         )
         self.lines: queue.Queue[str | None] = queue.Queue()

@@ -4,14 +4,13 @@ tokens as for the other operator commands, its URL printed, a clean stop on SIGT
 from __future__ import annotations
 
 import signal
-import subprocess
 import time
 from pathlib import Path
 
 import httpx
 
 from receiver.store.server import RedisServer, free_port
-from tests.support import OSMA_ROUTER, env_for, osma_router, subprocess_env
+from tests.support import env_for, osma_router, start_osma_router
 
 SAMPLE_ROUTE = '[[routes]]\non = "task.completed"\nhandler = "sample.record"\n'
 CONNECTOR_ROUTES = """
@@ -42,14 +41,7 @@ def test_the_console_needs_no_osmos_token_prints_its_url_and_stops_on_sigterm(
 ) -> None:
     port = free_port()
     env = env_for(redis_server.url, write_routes(CONNECTOR_ROUTES))
-    console = subprocess.Popen(
-        [*OSMA_ROUTER, "console", "--port", str(port)],
-        env=subprocess_env(env),
-        cwd=tmp_path,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    console = start_osma_router(["console", "--port", str(port)], env, tmp_path)
     try:
         deadline = time.monotonic() + 60
         answer = None

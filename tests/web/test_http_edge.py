@@ -18,7 +18,12 @@ import orjson
 import pytest
 
 from receiver.store.server import RedisServer, free_port
-from tests.support import OSMA_ROUTER, env_for, make_event, signature_headers, subprocess_env
+from tests.support import (
+    env_for,
+    make_event,
+    signature_headers,
+    start_osma_router,
+)
 
 KIB = 1024
 GIVE_UP = 60.0  # seconds: a bound for the test to end, not an expected duration
@@ -91,13 +96,7 @@ class Serve:
 
 def start_serve(redis_server: RedisServer, **limits: str) -> Iterator[Serve]:
     port = free_port()
-    process = subprocess.Popen(
-        [*OSMA_ROUTER, "serve", "--port", str(port)],
-        env=subprocess_env(env_for(redis_server.url, **limits)),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    process = start_osma_router(["serve", "--port", str(port)], env_for(redis_server.url, **limits), cwd=None)
     deadline = time.monotonic() + GIVE_UP
     while True:
         assert process.poll() is None, process.stderr.read() if process.stderr else ""
