@@ -32,6 +32,7 @@ from ..exceptions import StoreError
 from ..settings import Settings
 
 REDIS_TIMEOUT = 2.0  # the receiver's: how long a delivery may wait on Redis before its 503
+RECEIVER_RETRIES = 1  # the receiver's: a dropped or timed-out call is sent once more, at once
 BATCH_REDIS_TIMEOUT = 60.0  # seconds a script of a big Osmos batch may take (a 250k commit: ~1 s)
 
 # What a failing or unreachable Redis raises through our store code: refused writes and
@@ -51,7 +52,7 @@ class Policy:
 
 
 POLICIES: dict[str, Policy] = {
-    "receiver": Policy(REDIS_TIMEOUT, REDIS_TIMEOUT, retries=1),
+    "receiver": Policy(REDIS_TIMEOUT, REDIS_TIMEOUT, retries=RECEIVER_RETRIES),
     "batch": Policy(BATCH_REDIS_TIMEOUT, REDIS_TIMEOUT, retries=0),
     "scrape": Policy(REDIS_TIMEOUT, REDIS_TIMEOUT),
     "worker": Policy(),

@@ -37,11 +37,13 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from .connection import RECEIVER_RETRIES
+
 
 class HeldScript:
     """`await script(keys, args)`: EVALSHA of `source`, one call at a time."""
 
-    def __init__(self, redis: AsyncRedis, source: str, *, retries: int = 1) -> None:
+    def __init__(self, redis: AsyncRedis, source: str, *, retries: int = RECEIVER_RETRIES) -> None:
         self.redis = redis
         self.source = source
         self.sha = hashlib.sha1(source.encode()).hexdigest()
